@@ -1,0 +1,23 @@
+"""Modular Gradient Surgery: per-module PCGrad (and other Gram-based methods) for multi-domain training.
+
+The pipeline, one file per step: :mod:`mgs._partition` (parameters → groups) → :mod:`mgs._buffers`
+(per-domain gradient buffers) → :mod:`mgs._gram` (per-group Gram matrices) → :mod:`mgs.methods`
+(Gram → weights) → :mod:`mgs._apply` (``p.grad`` ← weighted sums). :class:`GradientSurgery` wires them.
+"""
+
+from mgs._options import GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
+from mgs._partition import KINDS
+from mgs._surgery import GradientSurgery
+from mgs.methods import METHODS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRANULARITIES",
+    "GradientSurgery",
+    "KINDS",
+    "METHODS",
+    "ON_NONFINITE",
+    "SURGERY_MODES",
+    "SurgeryOptions",
+]

@@ -1,0 +1,193 @@
+"""Step 2 — per-domain gradient buffers.
+
+Parameters are packed into *buckets*, one per (dtype, device, shard group), capped in size. A
+bucket holds all K domains' gradients of its parameters as one ``[K, n]`` tensor; each parameter
+owns a slot of ``n`` aligned to :data:`CHUNK` elements (the padding stays zero). While a domain is
+active, every ``p.grad`` is a view of that domain's row (a DTensor around the local view for
+FSDP2 shards), so autograd and FSDP2 accumulate straight into the buffer: no copy, no extra
+gradient-sized memory. Chunk alignment lets one batched matmul compute the Gram matrices of
+every chunk of a bucket, and each chunk belongs to exactly one parameter, hence to one group.
+
+Buffers exist only between the first backward of a step and :meth:`DomainBuffers.release`;
+:mod:`mgs._apply` frees each bucket as soon as it has been combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mgs._partition import Partition
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+
+CHUNK = 512
+"""Slot alignment in elements; the Gram pass works on ``[chunks, K, CHUNK]`` blocks."""
+
+BUCKET_CAP = 1 << 24
+"""Elements per bucket (a larger parameter gets a bucket of its own); bounds apply()'s temporaries."""
+
+
+def _ceil_chunks(numel: int) -> int:
+    return -(-numel // CHUNK) * CHUNK
+
+
+@dataclass
+class Slot:
+    param: torch.Tensor
+    name: str
+    group: int
+    offset: int
+    numel: int
+    local_shape: torch.Size
+    dtensor_spec: tuple | None  # (mesh, placements, global shape, global stride) for DTensor params
+
+
+@dataclass
+class Bucket:
+    dtype: torch.dtype
+    device: torch.device
+    shard_group: object | None  # ProcessGroup over which the slots are sharded, None when not sharded
+    slots: list[Slot] = field(default_factory=list)
+    numel: int = 0
+    chunk_group: torch.Tensor | None = None  # [numel // CHUNK] group index of each chunk
+    data: torch.Tensor | None = None  # [K, numel]
+    shared: torch.Tensor | None = None  # [numel], allocated when a gradient belongs to no domain
+
+    def view(self, row: torch.Tensor, slot: Slot) -> torch.Tensor:
+        """``row``'s part for ``slot``, shaped (and typed) like ``slot.param``'s gradient."""
+        local = row[slot.offset : slot.offset + slot.numel].view(slot.local_shape)
+        if slot.dtensor_spec is None:
+            return local
+        mesh, placements, shape, stride = slot.dtensor_spec
+        return DTensor.from_local(local, mesh, placements, run_check=False, shape=shape, stride=stride)
+
+
+def _local_and_group(param: torch.Tensor, name: str, shard_group: object | None):
+    """The local tensor, the group its shards live on, and the DTensor spec (or None)."""
+    if DTensor is not None and isinstance(param, DTensor):
+        placements = tuple(param.placements)
+        if any(p.is_partial() for p in placements):
+            raise NotImplementedError(f"parameter {name!r} has a Partial placement {placements}; only Shard and Replicate are supported.")
+        shard_dims = [i for i, p in enumerate(placements) if p.is_shard()]
+        if len(shard_dims) > 1:
+            raise NotImplementedError(
+                f"parameter {name!r} is sharded over {len(shard_dims)} mesh dimensions {placements}; "
+                "MGS supports one shard dimension (FSDP2, or HSDP's shard dimension)."
+            )
+        group = param.device_mesh.get_group(shard_dims[0]) if shard_dims else None
+        spec = (param.device_mesh, placements, param.shape, param.stride())
+        return param.to_local(), group, spec
+    return param, shard_group, None
+
+
+def build_buckets(partition: Partition, shard_group: object | None, cap: int = BUCKET_CAP) -> list[Bucket]:
+    """Pack the partition's parameters into buckets, in parameter order."""
+    open_buckets: dict[tuple, Bucket] = {}
+    buckets: list[Bucket] = []
+    for param, names, group in zip(partition.params, partition.names, partition.group_of):
+        local, pgroup, spec = _local_and_group(param, names[0], shard_group)
+        key = (local.dtype, local.device, pgroup)
+        bucket = open_buckets.get(key)
+        size = _ceil_chunks(local.numel())
+        if bucket is None or (bucket.numel and bucket.numel + size > cap):
+            bucket = Bucket(local.dtype, local.device, pgroup)
+            open_buckets[key] = bucket
+            buckets.append(bucket)
+        bucket.slots.append(Slot(param, names[0], group, bucket.numel, local.numel(), local.shape, spec))
+        bucket.numel += size
+    for bucket in buckets:
+        if bucket.numel == 0:  # only empty shards: keep one zero chunk so shapes stay regular
+            bucket.numel = CHUNK
+        chunk_group = torch.full((bucket.numel // CHUNK,), bucket.slots[0].group, dtype=torch.long)
+        for slot in bucket.slots:
+            chunk_group[slot.offset // CHUNK : (slot.offset + _ceil_chunks(slot.numel)) // CHUNK] = slot.group
+        bucket.chunk_group = chunk_group.to(bucket.device)
+    return buckets
+
+
+class DomainBuffers:
+    """Owns the buckets and points ``p.grad`` at the active domain's row.
+
+    Invariant outside :meth:`attach`/:meth:`detach`: every ``p.grad`` is None. A gradient found in
+    ``p.grad`` at any other time was computed outside a domain, so it is moved to the *shared* row:
+    added after surgery, never projected.
+    """
+
+    def __init__(self, partition: Partition, shard_group: object | None = None, cap: int = BUCKET_CAP):
+        self.buckets = build_buckets(partition, shard_group, cap)
+        self.num_rows = 0
+        self._attached: list[tuple[Slot, torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return any(b.data is not None for b in self.buckets)
+
+    def open(self, num_rows: int) -> None:
+        """Allocate zeroed ``[num_rows, n]`` buffers and take over any gradient already in ``p.grad``."""
+        self.num_rows = num_rows
+        for b in self.buckets:
+            b.data = torch.zeros(num_rows, b.numel, dtype=b.dtype, device=b.device)
+        self.collect_strays()
+
+    def resize(self, num_rows: int, old_to_new: list[int]) -> None:
+        """Grow to ``num_rows`` rows; old row ``i`` moves to row ``old_to_new[i]`` (domain discovery)."""
+        for b in self.buckets:
+            if b.data is None:
+                continue
+            data = torch.zeros(num_rows, b.numel, dtype=b.dtype, device=b.device)
+            data[old_to_new] = b.data
+            b.data = data
+        self.num_rows = num_rows
+
+    def collect_strays(self) -> None:
+        """Move gradients written outside any domain into the shared row and clear ``p.grad``."""
+        for b in self.buckets:
+            for slot in b.slots:
+                grad = slot.param.grad
+                if grad is None:
+                    continue
+                if b.shared is None:
+                    b.shared = torch.zeros(b.numel, dtype=b.dtype, device=b.device)
+                local = grad.to_local() if slot.dtensor_spec is not None else grad
+                b.shared[slot.offset : slot.offset + slot.numel].view(slot.local_shape).add_(local)
+                slot.param.grad = None
+
+    def attach(self, row: int | None) -> None:
+        """Point every ``p.grad`` at row ``row`` (``None``: the shared row)."""
+        self.collect_strays()
+        attached = []
+        for b in self.buckets:
+            if row is None:
+                if b.shared is None:
+                    b.shared = torch.zeros(b.numel, dtype=b.dtype, device=b.device)
+                target = b.shared
+            else:
+                target = b.data[row]
+            for slot in b.slots:
+                view = b.view(target, slot)
+                slot.param.grad = view
+                attached.append((slot, view, target))
+        self._attached = attached
+
+    def detach(self) -> None:
+        """Take the gradients back from ``p.grad`` (copying them if something replaced our views)."""
+        for slot, view, _ in self._attached or ():
+            grad = slot.param.grad
+            if grad is not view:  # replaced (e.g. create_graph=True accumulates out of place) or cleared
+                local = view.to_local() if slot.dtensor_spec is not None else view
+                if grad is None:
+                    local.zero_()
+                else:
+                    local.copy_(grad.to_local() if slot.dtensor_spec is not None else grad)
+            slot.param.grad = None
+        self._attached = None
+
+    def release(self) -> None:
+        for b in self.buckets:
+            b.data = None
+            b.shared = None

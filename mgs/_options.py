@@ -1,0 +1,93 @@
+"""Validated surgery options, shared by the core and both adapters.
+
+Adapters translate their own config fields into :class:`SurgeryOptions`, so every spelling
+mistake gets the same error, naming the bad value and the allowed ones, whichever front end
+the user came through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+SURGERY_MODES = ("none", "global", "modular")
+GRANULARITIES = ("parameter", "module", "block", "layer")
+ON_NONFINITE = ("propagate", "raise")
+
+Granularity = Union[str, "re.Pattern[str]", Callable[[str], str]]
+
+
+def _choice(field: str, value: object, allowed: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
+
+
+def validate_domains(domains: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Return ``domains`` as a tuple after checking it is a list of unique, non-empty names."""
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        raise TypeError(f"domains must be a list of names, not the string {domains!r}; did you mean [{domains!r}]?")
+    names = tuple(domains)
+    if not names:
+        raise ValueError("domains is empty; give at least one domain name, or None to discover them on first use.")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"every domain must be a non-empty string; got {name!r} in {list(names)!r}.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"domains has duplicates {duplicates}; each domain must appear once: {list(names)!r}.")
+    return names
+
+
+@dataclass(frozen=True)
+class SurgeryOptions:
+    """What surgery to run; every field is validated on construction.
+
+    Attributes:
+        surgery: ``"none"`` (plain sum of the domains' gradients: naive mixing), ``"global"`` (the method
+            over all parameters as one vector) or ``"modular"`` (the method per group of parameters).
+        granularity: how parameters are grouped into modules: ``"parameter"`` (each tensor),
+            ``"module"`` (each leaf module, LoRA adapters mapped to their base module), ``"block"``
+            (attention / MLP / the rest of each decoder layer), ``"layer"`` (each decoder layer), a compiled
+            regular expression (the first match in a parameter's name is its group key; names without a
+            match form their own group) or a callable from parameter name to group key. Statistics are
+            reported per group for every ``surgery`` mode.
+        method: ``"pcgrad"``, or a callable ``(gram [M, K, K] float64, generator) -> weights [M, K]``
+            (see :mod:`mgs.methods`). Ignored by ``surgery="none"``.
+        domains: the ordered domain names, fixed for the run; ``None`` discovers them on first use.
+        seed: seeds the method's random choices together with the step (PCGrad's projection orders).
+        on_nonfinite: ``"propagate"`` leaves non-finite gradients for the training framework to handle
+            (affected groups get the plain sum); ``"raise"`` raises ``FloatingPointError`` (one host sync).
+    """
+
+    surgery: str = "modular"
+    granularity: Granularity = "parameter"
+    method: str | Callable = "pcgrad"
+    domains: tuple[str, ...] | None = None
+    seed: int = 0
+    on_nonfinite: str = "propagate"
+
+    def __post_init__(self) -> None:
+        from mgs.methods import METHODS  # local import: methods import nothing from here
+
+        _choice("surgery", self.surgery, SURGERY_MODES)
+        if isinstance(self.granularity, str):
+            if self.granularity not in GRANULARITIES:
+                raise ValueError(
+                    f"granularity={self.granularity!r} is not supported; choose one of "
+                    f"{', '.join(map(repr, GRANULARITIES))}, a compiled regex (re.compile(...)) or a callable "
+                    "mapping a parameter name to a group key."
+                )
+        elif not (isinstance(self.granularity, re.Pattern) or callable(self.granularity)):
+            raise TypeError(f"granularity must be a string, a compiled regex or a callable; got {self.granularity!r}.")
+        if isinstance(self.method, str):
+            _choice("method", self.method, tuple(METHODS))
+        elif not callable(self.method):
+            raise TypeError(f"method must be one of {tuple(METHODS)} or a callable; got {self.method!r}.")
+        object.__setattr__(self, "domains", validate_domains(self.domains))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an int; got {self.seed!r}.")
+        _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)

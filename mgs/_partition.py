@@ -1,0 +1,146 @@
+"""Step 1 — partition: trainable parameters → named groups ("modules"), each with a kind.
+
+A group is the unit the method sees: one K×K Gram matrix per group. Kinds (attention, mlp,
+embedding, norm, other) only label groups for statistics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mgs._options import Granularity
+
+KINDS = ("attention", "mlp", "embedding", "norm", "other")
+
+# PEFT LoRA names: "<base>.lora_A.<adapter>.weight", "<base>.base_layer.weight",
+# "<base>.lora_embedding_A.<adapter>" (a ParameterDict entry) — all belong to <base>.
+_BASE_LAYER = re.compile(r"\.base_layer(?=\.)")
+_LORA_DICT = re.compile(r"\.(?:lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.[^.]+$")
+_LORA_LINEAR = re.compile(r"\.(?:lora_A|lora_B)\.[^.]+(?=\.)")
+# Hugging Face decoder layers: model.layers.3, transformer.h.3, encoder.layer.3, blocks.3 ...
+_LAYER = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks|block|decoder_layers)\.\d+)\.")
+
+_NORM = re.compile(r"(norm|^ln(_|\d|$)|_ln$|^ln_f$)", re.IGNORECASE)
+_EMBEDDING = re.compile(r"^(embed\w*|wte|wpe|lm_head|embeddings?|word_embeddings|position_embeddings|shared)$")
+_ATTENTION = re.compile(r"^(\w*attn\w*|\w*attention\w*|[qkvo]_proj|qkv\w*|query|key|value|dense_qkv)$")
+_MLP = re.compile(r"^(mlp|feed_forward|ffn|\w*experts?|gate_proj|up_proj|down_proj|gate_up_proj|fc\d|c_fc|w[123])$")
+
+
+def module_of(name: str) -> str:
+    """The module path that owns parameter ``name``, with LoRA adapter names mapped to their base module."""
+    name = _BASE_LAYER.sub("", name)
+    name, n = _LORA_DICT.subn("", name)
+    if n:
+        return name
+    return _LORA_LINEAR.sub("", name).rpartition(".")[0]
+
+
+def kind_of(name: str) -> str:
+    """Classify a parameter by the usual Hugging Face module names (see :data:`KINDS`)."""
+    parts = module_of(name).split(".")
+    if parts and _NORM.search(parts[-1]):
+        return "norm"
+    for part in reversed(parts):
+        if _ATTENTION.match(part):
+            return "attention"
+        if _MLP.match(part):
+            return "mlp"
+        if _EMBEDDING.match(part):
+            return "embedding"
+    return "other"
+
+
+def group_key(name: str, granularity: Granularity) -> str:
+    """The group a parameter belongs to under ``granularity``."""
+    if isinstance(granularity, re.Pattern):
+        match = granularity.search(name)
+        return match.group(0) if match else name
+    if callable(granularity):
+        key = granularity(name)
+        if not isinstance(key, str):
+            raise TypeError(f"granularity callable returned {key!r} for parameter {name!r}; it must return a str.")
+        return key
+    if granularity == "parameter":
+        return name
+    module = module_of(name)
+    if granularity == "module":
+        return module
+    layer = _LAYER.match(module + ".")
+    if layer is None:  # embeddings, final norm, lm_head: each leaf module on its own
+        return module
+    if granularity == "layer":
+        return layer.group(1)
+    kind = kind_of(name)
+    return f"{layer.group(1)}.{kind if kind in ('attention', 'mlp') else 'other'}"
+
+
+def trainable_parameters(
+    model: nn.Module | Iterable[tuple[str, torch.Tensor]],
+) -> list[tuple[tuple[str, ...], torch.Tensor]]:
+    """``(names, parameter)`` for each distinct trainable tensor; tied tensors appear once with all names."""
+    if isinstance(model, nn.Module):
+        pairs: Iterable[tuple[str, torch.Tensor]] = model.named_parameters(remove_duplicate=False)
+    else:
+        pairs = model
+    found: dict[int, tuple[list[str], torch.Tensor]] = {}
+    for item in pairs:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"expected (name, parameter) pairs; got {item!r:.80}.")
+        name, param = item
+        if not isinstance(param, torch.Tensor):
+            raise TypeError(f"parameter {name!r} is a {type(param).__name__}, not a tensor.")
+        if not param.requires_grad:
+            continue
+        if not param.is_leaf:
+            raise ValueError(f"parameter {name!r} is not a leaf tensor; autograd never writes its .grad.")
+        entry = found.setdefault(id(param), ([], param))
+        entry[0].append(name)
+    return [(tuple(names), param) for names, param in found.values()]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Groups of parameters: ``group_of[i]`` is the group index of ``params[i]``."""
+
+    params: tuple[torch.Tensor, ...]
+    names: tuple[tuple[str, ...], ...]
+    group_names: tuple[str, ...]
+    group_kinds: tuple[str, ...]
+    group_of: tuple[int, ...]
+
+    @classmethod
+    def build(
+        cls, model: nn.Module | Iterable[tuple[str, torch.Tensor]], granularity: Granularity
+    ) -> Partition:
+        entries = trainable_parameters(model)
+        if not entries:
+            raise ValueError("the model has no parameter with requires_grad=True; there is nothing to do surgery on.")
+        index: dict[str, int] = {}
+        kinds: list[set[str]] = []
+        group_of = []
+        for names, _ in entries:
+            key = group_key(names[0], granularity)
+            if key not in index:
+                index[key] = len(index)
+                kinds.append(set())
+            kinds[index[key]].add(kind_of(names[0]))
+            group_of.append(index[key])
+        return cls(
+            params=tuple(p for _, p in entries),
+            names=tuple(n for n, _ in entries),
+            group_names=tuple(index),
+            group_kinds=tuple(next(iter(k)) if len(k) == 1 else "other" for k in kinds),
+            group_of=tuple(group_of),
+        )
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group key → names of its parameters (tied parameters under their first name)."""
+        out: dict[str, list[str]] = {g: [] for g in self.group_names}
+        for names, g in zip(self.names, self.group_of):
+            out[self.group_names[g]].append(names[0])
+        return out

@@ -1,0 +1,265 @@
+"""``GradientSurgery``: wires partition → per-domain buffers → Gram → method → apply, and owns the state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from mgs._apply import combine_bucket
+from mgs._buffers import BUCKET_CAP, DomainBuffers
+from mgs._collectives import agree_domains, is_distributed, sum_partial_grams
+from mgs._gram import local_grams
+from mgs._options import Granularity, SurgeryOptions
+from mgs._partition import Partition
+from mgs._stats import surgery_stats
+from mgs.methods import METHODS, step_generator, sum_weights
+
+
+def _reject_unsupported(model: Any) -> Any:
+    """Return the DDP wrapper if ``model`` is one; refuse wrappers whose gradients we cannot split."""
+    if not isinstance(model, nn.Module):
+        return None
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch without distributed
+        FullyShardedDataParallel = ()  # type: ignore[assignment]
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise NotImplementedError(
+            "FSDP1 (FullyShardedDataParallel) flattens parameters, so their gradients cannot be split by module; "
+            "use FSDP2 (torch.distributed.fsdp.fully_shard), whose DTensor shards MGS supports."
+        )
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model if isinstance(model, DistributedDataParallel) else None
+
+
+class GradientSurgery:
+    """Per-domain gradients → (modular) gradient surgery → ``p.grad``.
+
+    Usage, in a plain PyTorch loop::
+
+        surgery = mgs.GradientSurgery(model, surgery="modular", domains=["math", "chat"])
+        with surgery.domain("math"):
+            loss_math.backward()      # accumulates into math's buffer
+        with surgery.domain("chat"):
+            loss_chat.backward()
+        with surgery.shared():
+            aux_loss.backward()       # belongs to no domain: added after surgery, never projected
+        stats = surgery.apply(step=step)  # writes p.grad; returns logging statistics (tensors)
+        optimizer.step(); optimizer.zero_grad()
+
+    Args:
+        model: an ``nn.Module`` (plain, FSDP2 ``fully_shard``-ed, or DDP) or an iterable of
+            ``(name, parameter)``. Only parameters with ``requires_grad`` take part; a tensor under
+            several names (tied weights) is one parameter.
+        surgery, granularity, method, domains, seed, on_nonfinite: see :class:`mgs.SurgeryOptions`.
+        dp_group: a process group over which the domains' gradients are *replicated* (data parallel
+            without gradient sync, e.g. DDP under ``no_sync()``): apply() averages each domain's
+            buffer over it before surgery, as DDP would. Defaults to the DDP wrapper's group when
+            ``model`` is a ``DistributedDataParallel``.
+        shard_group: the process group over which plain-tensor parameters are shards (their partial
+            Gram matrices are summed over it). FSDP2 DTensor parameters need nothing: the group is
+            read from their mesh.
+        bucket_cap: elements per buffer bucket; bounds apply()'s temporary memory.
+
+    Gradients written to ``p.grad`` outside any :meth:`domain` context (a backward outside the
+    contexts, or a gradient left from before) are treated as :meth:`shared`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Iterable[tuple[str, torch.Tensor]],
+        surgery: str = "modular",
+        granularity: Granularity = "parameter",
+        method: str | Callable = "pcgrad",
+        domains: Sequence[str] | None = None,
+        seed: int = 0,
+        on_nonfinite: str = "propagate",
+        *,
+        dp_group: object | None = None,
+        shard_group: object | None = None,
+        bucket_cap: int = BUCKET_CAP,
+    ) -> None:
+        self.options = SurgeryOptions(
+            surgery=surgery,
+            granularity=granularity,
+            method=method,
+            domains=None if domains is None else tuple(domains) if not isinstance(domains, str) else domains,
+            seed=seed,
+            on_nonfinite=on_nonfinite,
+        )
+        self._ddp = _reject_unsupported(model)
+        if self._ddp is not None and dp_group is None:
+            dp_group = self._ddp.process_group
+        self._dp_group = dp_group
+        self.partition = Partition.build(model, granularity)
+        self._buffers = DomainBuffers(self.partition, shard_group, bucket_cap)
+        self._device = self._buffers.buckets[0].device
+        self._method = sum_weights if surgery == "none" else METHODS[method] if isinstance(method, str) else method
+        self._domains: list[str] = list(self.options.domains or ())
+        self._discover = self.options.domains is None
+        self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
+        self._step = 0
+        self._active: str | None = None
+        kinds = torch.tensor([self.partition.group_kinds.index(k) for k in self.partition.group_kinds])
+        self._kind_masks = {
+            kind: (kinds == kinds.new_tensor(self.partition.group_kinds.index(kind))).to(self._device)
+            for kind in dict.fromkeys(self.partition.group_kinds)
+        }
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The ordered domain list (grows on first use when constructed with ``domains=None``)."""
+        return tuple(self._domains)
+
+    @property
+    def step(self) -> int:
+        """The step the next :meth:`apply` uses when called without ``step``."""
+        return self._step
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group key → parameter names: the modules surgery treats separately (and statistics report on)."""
+        return self.partition.groups()
+
+    def group_kinds(self) -> dict[str, str]:
+        """Group key → kind (attention, mlp, embedding, norm, other) used for statistics."""
+        return dict(zip(self.partition.group_names, self.partition.group_kinds))
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"GradientSurgery(surgery={o.surgery!r}, granularity={o.granularity!r}, method={o.method!r}, "
+            f"domains={list(self._domains)!r}, groups={len(self.partition.group_names)}, "
+            f"parameters={len(self.partition.params)}, step={self._step})"
+        )
+
+    # ------------------------------------------------------------------ gradient capture
+    def _row(self, name: str) -> int:
+        if not isinstance(name, str):
+            raise TypeError(f"domain names are strings; got {name!r}.")
+        if name in self._domains:
+            return self._domains.index(name)
+        if not self._discover:
+            raise ValueError(f"unknown domain {name!r}; the known domains are {list(self._domains)!r}.")
+        self._domains.append(name)
+        if self._buffers.is_open:
+            self._buffers.resize(len(self._domains), list(range(len(self._domains) - 1)))
+        return len(self._domains) - 1
+
+    @contextmanager
+    def _capture(self, row: int | None, label: str) -> Iterator[None]:
+        if self._active is not None:
+            raise RuntimeError(f"surgery.{label} entered inside surgery.{self._active}; contexts do not nest.")
+        if self._ddp is not None and self._ddp.require_backward_grad_sync:
+            raise RuntimeError(
+                "the model is DistributedDataParallel with gradient sync on, so backward would all-reduce into "
+                "one domain's buffer whatever the other ranks computed; run forward and backward under "
+                "model.no_sync(): surgery.apply() averages each domain's gradient over the DDP group itself."
+            )
+        if not self._buffers.is_open:
+            self._buffers.open(len(self._domains))
+        self._active = label
+        self._buffers.attach(row)
+        try:
+            yield
+        finally:
+            self._buffers.detach()
+            self._active = None
+
+    def domain(self, name: str):
+        """Context manager: gradients from backward passes inside it belong to domain ``name``."""
+        row = self._row(name)
+        return self._capture(row, f"domain({name!r})")
+
+    def shared(self):
+        """Context manager: gradients from backward passes inside it belong to no domain (added, never projected)."""
+        return self._capture(None, "shared()")
+
+    def reset(self) -> None:
+        """Discard everything captured since the last :meth:`apply` (e.g. a skipped step)."""
+        if self._active is not None:
+            raise RuntimeError(f"reset() called inside surgery.{self._active}.")
+        self._buffers.release()
+
+    # ------------------------------------------------------------------ surgery
+    def _agree_domains(self) -> None:
+        local = list(self._domains)
+        agreed = agree_domains(local[: self._agreed], local[self._agreed :])
+        if agreed != local and self._buffers.is_open:
+            self._buffers.resize(len(agreed), [agreed.index(d) for d in local])
+        self._domains, self._agreed = agreed, len(agreed)
+
+    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int) -> torch.Tensor:
+        """``[M, K]`` weights (M = groups, or 1 for global); groups with non-finite gradients get the plain sum."""
+        bad_pairs = nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1)
+        clean = torch.where(bad_pairs, 0.0, gram)
+        if self.options.surgery == "global":
+            clean, bad = clean.sum(0, keepdim=True), nonfinite.any().reshape(1)
+        else:
+            bad = nonfinite.any(dim=1)
+        weights = self._method(clean, step_generator(self.options.seed, step))
+        if not isinstance(weights, torch.Tensor) or weights.shape != clean.shape[:2]:
+            raise ValueError(
+                f"method {self.options.method!r} returned {getattr(weights, 'shape', type(weights))}; "
+                f"expected weights of shape {tuple(clean.shape[:2])} (groups × domains)."
+            )
+        return torch.where(bad.unsqueeze(1), 1.0, weights.to(gram.dtype))
+
+    def apply(self, step: int | None = None) -> dict[str, torch.Tensor]:
+        """Combine the domains' buffers into ``p.grad`` and free them; return statistics (tensors).
+
+        Every rank must call it once per step (also a rank that saw no data). It never syncs with the
+        host when the domain list is fixed and ``on_nonfinite="propagate"``.
+
+        Args:
+            step: the training step, which seeds the method's random choices with ``seed``; defaults to
+                an internal counter, which then continues from ``step + 1``.
+        """
+        if self._active is not None:
+            raise RuntimeError(f"apply() called inside surgery.{self._active}; call it after the context exits.")
+        if step is None:
+            step = self._step
+        elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"step must be a non-negative int; got {step!r}.")
+        if self._discover and is_distributed():
+            self._agree_domains()  # before any other collective, so every rank has the same K
+        buffers = self._buffers
+        if not buffers.is_open:
+            buffers.open(len(self._domains))
+        buffers.collect_strays()
+        if self._dp_group is not None:
+            from mgs._collectives import average_replicas
+
+            average_replicas([b.data for b in buffers.buckets], self._dp_group)
+        num_groups, k = len(self.partition.group_names), len(self._domains)
+        gram = sum_partial_grams(local_grams(buffers.buckets, num_groups, k, self._device))
+        nonfinite = ~torch.isfinite(gram.diagonal(dim1=1, dim2=2))
+        if self.options.on_nonfinite == "raise" and bool(nonfinite.any()):
+            bad = [(self.partition.group_names[g], self._domains[d]) for g, d in nonfinite.nonzero().tolist()]
+            buffers.release()
+            raise FloatingPointError(f"non-finite gradients in (group, domain) {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
+        weights = self._weights(gram, nonfinite, step)
+        for bucket in buffers.buckets:
+            combine_bucket(bucket, weights, self._dp_group)
+        self._step = step + 1
+        return surgery_stats(gram, nonfinite, self._domains, self._kind_masks)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The step counter, seed and domain list: all the state surgery has."""
+        return {"step": self._step, "seed": self.options.seed, "domains": list(self._domains)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        domains = list(state["domains"])
+        if not self._discover and domains != self._domains:
+            raise ValueError(f"checkpoint domains {domains!r} differ from the configured domains {self._domains!r}.")
+        if self._buffers.is_open:
+            raise RuntimeError("load_state_dict() called with gradients captured; call it before the first backward.")
+        self._domains = domains
+        self._agreed = len(domains) if self._discover and is_distributed() else self._agreed
+        self._step = int(state["step"])

@@ -1,0 +1,46 @@
+"""PCGrad (Yu et al., 2020, "Gradient Surgery for Multi-Task Learning", arXiv:2001.06782) on Gram matrices.
+
+For each domain :math:`i`, :math:`g_i' \\leftarrow g_i`, then for each other domain :math:`j` in a
+random order: if :math:`g_i' \\cdot g_j < 0` and :math:`\\|g_j\\|^2 > 0`,
+
+.. math:: g_i' \\leftarrow g_i' - \\frac{g_i' \\cdot g_j}{\\|g_j\\|^2}\\, g_j ,
+
+always against the *original* :math:`g_j`. The update is :math:`\\sum_i g_i'`.
+
+Every :math:`g_i'` stays a linear combination :math:`\\sum_k c_{ik} g_k` of the original gradients,
+and :math:`g_i' \\cdot g_j = \\sum_k c_{ik} G_{kj}`, so the whole procedure runs on coefficients and
+the Gram matrix :math:`G`: exact, O(K³) per group, batched over groups with tensor ops (no host
+sync). The weights are :math:`w_k = \\sum_i c_{ik}`. Each (group, domain) draws its own order, as the
+official MGS code does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pcgrad_orders(num_groups: int, num_domains: int, generator: torch.Generator) -> torch.Tensor:
+    """``[M, K, K]``: ``orders[m, i]`` is a random permutation of all domains; ``i`` itself is skipped."""
+    return torch.rand(num_groups, num_domains, num_domains, generator=generator).argsort(dim=-1)
+
+
+def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """PCGrad weights ``[M, K]`` from Gram matrices ``[M, K, K]`` (see the module docstring)."""
+    m, k, _ = gram.shape
+    orders = pcgrad_orders(m, k, generator)
+    if gram.device.type == "cuda":
+        orders = orders.pin_memory().to(gram.device, non_blocking=True)
+    else:
+        orders = orders.to(gram.device)
+    coef = torch.eye(k, dtype=gram.dtype, device=gram.device).expand(m, k, k).clone()  # coef[m, i, :] ↔ g_i'
+    sq_norm = gram.diagonal(dim1=1, dim2=2)  # [M, K]
+    self_index = torch.arange(k, device=gram.device).expand(m, k)
+    for t in range(k):
+        j = orders[:, :, t]  # [M, K]: the domain each g_i' meets at step t
+        gram_j = gram.gather(1, j.unsqueeze(-1).expand(m, k, k))  # [m, i, :] = G[j(m, i), :]
+        dot = (coef * gram_j).sum(-1)  # g_i' · g_j
+        norm_j = sq_norm.gather(1, j)
+        project = (dot < 0) & (norm_j > 0) & (j != self_index)
+        factor = torch.where(project, dot / torch.where(norm_j > 0, norm_j, 1.0), 0.0)
+        coef.scatter_add_(2, j.unsqueeze(-1), -factor.unsqueeze(-1))
+    return coef.sum(dim=1)
