@@ -45,8 +45,9 @@ def surgery_stats(
     stats["conflict_frac"] = ratio(conflict, valid_f)
     stats["cosine_mean"] = ratio(cosine, valid_f)
     for kind, mask in kind_masks.items():
-        stats[f"conflict_frac/{kind}"] = ratio(conflict[mask], valid_f[mask])
-        stats[f"cosine_mean/{kind}"] = ratio(cosine[mask], valid_f[mask])
+        weight = mask.unsqueeze(1).double()  # multiply, don't index: boolean indexing syncs on CUDA
+        stats[f"conflict_frac/{kind}"] = ratio(conflict * weight, valid_f * weight)
+        stats[f"cosine_mean/{kind}"] = ratio(cosine * weight, valid_f * weight)
     total = gram.sum(0)
     tdiag = total.diagonal()
     tvalid = (tdiag[rows] > 0) & (tdiag[cols] > 0)

@@ -105,11 +105,8 @@ class GradientSurgery:
         self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
         self._step = 0
         self._active: str | None = None
-        kinds = torch.tensor([self.partition.group_kinds.index(k) for k in self.partition.group_kinds])
-        self._kind_masks = {
-            kind: (kinds == kinds.new_tensor(self.partition.group_kinds.index(kind))).to(self._device)
-            for kind in dict.fromkeys(self.partition.group_kinds)
-        }
+        kinds = self.partition.group_kinds
+        self._kind_masks = {kind: torch.tensor([k == kind for k in kinds], device=self._device) for kind in dict.fromkeys(kinds)}
 
     # ------------------------------------------------------------------ inspection
     @property
