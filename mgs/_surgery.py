@@ -11,12 +11,16 @@ from torch import nn
 
 from mgs._apply import combine_bucket
 from mgs._buffers import BUCKET_CAP, DomainBuffers
-from mgs._collectives import agree_domains, is_distributed, sum_partial_grams
+from mgs._collectives import agree_domains, average_replicas, is_distributed, sum_partial_grams
+from mgs._fsdp2 import fsdp2_modules, held_back_gradients
 from mgs._gram import local_grams
 from mgs._options import Granularity, SurgeryOptions
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
 from mgs.methods import METHODS, step_generator, sum_weights
+
+
+_NO_CONTEXT = object()
 
 
 def _reject_unsupported(model: Any) -> Any:
@@ -96,6 +100,7 @@ class GradientSurgery:
         if self._ddp is not None and dp_group is None:
             dp_group = self._ddp.process_group
         self._dp_group = dp_group
+        self._fsdp2 = fsdp2_modules(model)
         self.partition = Partition.build(model, granularity)
         self._buffers = DomainBuffers(self.partition, shard_group, bucket_cap)
         self._device = self._buffers.buckets[0].device
@@ -105,6 +110,7 @@ class GradientSurgery:
         self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
         self._step = 0
         self._active: str | None = None
+        self._last_row: object = _NO_CONTEXT  # row of the last context, for the FSDP2 flush check
         kinds = self.partition.group_kinds
         self._kind_masks = {kind: torch.tensor([k == kind for k in kinds], device=self._device) for kind in dict.fromkeys(kinds)}
 
@@ -158,6 +164,8 @@ class GradientSurgery:
                 "one domain's buffer whatever the other ranks computed; run forward and backward under "
                 "model.no_sync(): surgery.apply() averages each domain's gradient over the DDP group itself."
             )
+        if row != self._last_row:
+            self._check_fsdp2_flushed(f"entering surgery.{label}")
         if not self._buffers.is_open:
             self._buffers.open(len(self._domains))
         self._active = label
@@ -167,6 +175,15 @@ class GradientSurgery:
         finally:
             self._buffers.detach()
             self._active = None
+            self._last_row = row
+
+    def _check_fsdp2_flushed(self, when: str) -> None:
+        held_back = self._fsdp2 and held_back_gradients(self._fsdp2)
+        if held_back:
+            raise RuntimeError(
+                f"{when}: {held_back} in the previous domain's context; FSDP2 would reduce it into the wrong domain. "
+                "Turn gradient sync back on for the last backward of each domain."
+            )
 
     def domain(self, name: str):
         """Context manager: gradients from backward passes inside it belong to domain ``name``."""
@@ -182,6 +199,7 @@ class GradientSurgery:
         if self._active is not None:
             raise RuntimeError(f"reset() called inside surgery.{self._active}.")
         self._buffers.release()
+        self._last_row = _NO_CONTEXT
 
     # ------------------------------------------------------------------ surgery
     def _agree_domains(self) -> None:
@@ -225,13 +243,13 @@ class GradientSurgery:
             raise TypeError(f"step must be a non-negative int; got {step!r}.")
         if self._discover and is_distributed():
             self._agree_domains()  # before any other collective, so every rank has the same K
+        self._check_fsdp2_flushed("apply()")
+        self._last_row = _NO_CONTEXT
         buffers = self._buffers
         if not buffers.is_open:
             buffers.open(len(self._domains))
         buffers.collect_strays()
         if self._dp_group is not None:
-            from mgs._collectives import average_replicas
-
             average_replicas([b.data for b in buffers.buckets], self._dp_group)
         num_groups, k = len(self.partition.group_names), len(self._domains)
         gram = sum_partial_grams(local_grams(buffers.buckets, num_groups, k, self._device))
