@@ -1,9 +1,11 @@
 """Step 5 — apply: ``p.grad ← shared + Σ_k w[group, k] · g_k`` for every parameter.
 
-Per bucket, each chunk takes its group's weights (``[chunks, K]``), and K broadcasted multiply-adds
-write a fresh bucket-sized output (or the bucket's shared row, reused in place); ``p.grad`` then
-becomes a view of it and the bucket's K rows are freed at once. Peak memory: the K buffers plus
-one bucket; afterwards one gradient, as without surgery.
+The result is written in place into row 0 of each bucket, and ``p.grad`` becomes a view of it, so
+``apply()`` allocates nothing: memory never exceeds the K buffers. Surgery drops its own reference
+to the buckets, so they are freed when the training loop drops ``p.grad`` (``zero_grad()``).
+
+Each chunk takes its group's weights (``[chunks, K]``). The K multiply-adds run block by block, so
+a block's K rows stay in cache between them: the combine reads the buffers about once.
 """
 
 from __future__ import annotations
@@ -13,38 +15,66 @@ import torch
 from mgs._buffers import CHUNK, Bucket
 from mgs._collectives import average_replicas
 
+COMBINE_BLOCK = 2048
+"""Chunks per block of the combine (1M elements): K rows of a block fit in a CPU's last-level cache."""
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _weighted_sum_(block: torch.Tensor, weights: torch.Tensor | None, scratch: torch.Tensor | None) -> None:
+    """``block[0] ← Σ_k weights[:, k] · block[k]`` in place (``weights=None``: plain sum); ``block`` is [K, b, CHUNK].
+
+    bf16/fp16 blocks are upcast into ``scratch`` (fp32, reused across blocks), combined there and
+    rounded once: mixed-dtype multiply-adds would leave PyTorch's vectorised CPU path, and weights
+    rounded to bf16 would double the rounding error."""
+    x = block if scratch is None else scratch[:, : block.shape[1]].copy_(block)
+    out = x[0]
+    if weights is None:
+        for i in range(1, x.shape[0]):
+            out.add_(x[i])
+    else:
+        out.mul_(weights[:, 0:1])
+        for i in range(1, x.shape[0]):
+            out.addcmul_(x[i], weights[:, i : i + 1])
+    if scratch is not None:
+        block[0].copy_(out)
+
 
 def chunk_weights(bucket: Bucket, weights: torch.Tensor) -> torch.Tensor:
-    """``[chunks, K]`` weights of each chunk of ``bucket`` from per-group ``weights`` ``[M, K]`` (M = 1: global)."""
-    dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
-    weights = weights.to(device=bucket.device, dtype=dtype)
+    """``[chunks, K]`` weights of each chunk of ``bucket`` from per-group ``weights`` ``[M, K]`` (M = 1: global),
+    in float32 (float64 for float64 buckets)."""
+    weights = weights.to(device=bucket.device, dtype=_compute_dtype(bucket.dtype))
     chunks = bucket.numel // CHUNK
     if weights.shape[0] == 1:
         return weights.expand(chunks, weights.shape[1])
     return weights.index_select(0, bucket.chunk_group)
 
 
-def combine_bucket(bucket: Bucket, weights: torch.Tensor, dp_group: object | None = None) -> None:
-    """Write the combined gradient of ``bucket``'s parameters into their ``.grad`` and free its buffers."""
-    data, out = bucket.data, bucket.shared
-    chunks = bucket.numel // CHUNK
+def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_group: object | None = None) -> None:
+    """Write the combined gradient of ``bucket``'s parameters into their ``.grad`` (``weights=None``: plain sum)."""
+    data, shared = bucket.data, bucket.shared
+    k, chunks = data.shape[0], bucket.numel // CHUNK
     if dp_group is not None:  # the shared row is averaged on every rank, used or not, so collectives match
-        if out is None:
-            out = torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
-        average_replicas([out], dp_group)
-    w = chunk_weights(bucket, weights)
-    x = data.view(data.shape[0], chunks, CHUNK)
-    if out is None:
-        out = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.device)
-        if x.shape[0] == 0:
-            out.zero_()
-        else:
-            torch.mul(x[0], w[:, 0:1], out=out.view(chunks, CHUNK))
-            x, w = x[1:], w[:, 1:]
-    out_chunks = out.view(chunks, CHUNK)
-    for k in range(x.shape[0]):
-        out_chunks.addcmul_(x[k], w[:, k : k + 1])
+        if shared is None:
+            shared = torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
+        average_replicas([shared], dp_group)
+    if k == 0:  # no domain at all: only shared gradients
+        result = shared if shared is not None else torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
+    else:
+        x = data.view(k, chunks, CHUNK)
+        w = None if weights is None else chunk_weights(bucket, weights)
+        scratch = None
+        if bucket.dtype not in (torch.float32, torch.float64):
+            scratch = torch.empty(k, min(chunks, COMBINE_BLOCK), CHUNK, dtype=torch.float32, device=bucket.device)
+        for start in range(0, chunks, COMBINE_BLOCK):
+            block = x[:, start : start + COMBINE_BLOCK]
+            _weighted_sum_(block, None if w is None else w[start : start + COMBINE_BLOCK], scratch)
+        result = data[0]
+        if shared is not None:
+            result.add_(shared)
     for slot in bucket.slots:
-        slot.param.grad = bucket.view(out, slot)
+        slot.param.grad = bucket.view(result, slot)
     bucket.data = None
     bucket.shared = None

@@ -12,8 +12,9 @@ import torch
 
 from mgs._buffers import CHUNK, Bucket
 
-_LOW_PRECISION_BLOCK = 4096
-"""Chunks converted to fp32 at a time on CPU (CPU bmm has no fp32 output for bf16 inputs)."""
+LOW_PRECISION_BLOCK = 512
+"""Chunks upcast to fp32 at a time on CPU, into one reused scratch block that stays in cache
+(CPU bmm has no fp32 output for bf16 inputs, and a fresh fp32 copy per block costs page faults)."""
 
 
 def chunk_grams(data: torch.Tensor) -> torch.Tensor:
@@ -24,8 +25,14 @@ def chunk_grams(data: torch.Tensor) -> torch.Tensor:
         return torch.bmm(x, x.transpose(1, 2))
     if data.device.type == "cuda":
         return torch.bmm(x, x.transpose(1, 2), out_dtype=torch.float32)
-    blocks = [b.float() for b in x.split(_LOW_PRECISION_BLOCK)]
-    return torch.cat([torch.bmm(b, b.transpose(1, 2)) for b in blocks])
+    chunks = x.shape[0]
+    out = torch.empty(chunks, k, k, dtype=torch.float32, device=data.device)
+    scratch = torch.empty(min(chunks, LOW_PRECISION_BLOCK), k, CHUNK, dtype=torch.float32, device=data.device)
+    for start in range(0, chunks, LOW_PRECISION_BLOCK):
+        block = scratch[: min(LOW_PRECISION_BLOCK, chunks - start)]
+        block.copy_(x[start : start + block.shape[0]])
+        torch.bmm(block, block.transpose(1, 2), out=out[start : start + block.shape[0]])
+    return out
 
 
 def local_grams(buckets: list[Bucket], num_groups: int, num_rows: int, device: torch.device) -> dict[object, torch.Tensor]:

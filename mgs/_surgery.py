@@ -17,7 +17,7 @@ from mgs._gram import local_grams
 from mgs._options import Granularity, SurgeryOptions
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
-from mgs.methods import METHODS, step_generator, sum_weights
+from mgs.methods import METHODS, step_generator
 
 
 _NO_CONTEXT = object()
@@ -104,7 +104,7 @@ class GradientSurgery:
         self.partition = Partition.build(model, granularity)
         self._buffers = DomainBuffers(self.partition, shard_group, bucket_cap)
         self._device = self._buffers.buckets[0].device
-        self._method = sum_weights if surgery == "none" else METHODS[method] if isinstance(method, str) else method
+        self._method = METHODS[method] if isinstance(method, str) else method
         self._domains: list[str] = list(self.options.domains or ())
         self._discover = self.options.domains is None
         self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
@@ -209,8 +209,11 @@ class GradientSurgery:
             self._buffers.resize(len(agreed), [agreed.index(d) for d in local])
         self._domains, self._agreed = agreed, len(agreed)
 
-    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int) -> torch.Tensor:
-        """``[M, K]`` weights (M = groups, or 1 for global); groups with non-finite gradients get the plain sum."""
+    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int) -> torch.Tensor | None:
+        """``[M, K]`` weights (M = groups, or 1 for global); groups with non-finite gradients get the plain sum.
+        ``None`` for ``surgery="none"``: the plain sum everywhere."""
+        if self.options.surgery == "none":
+            return None
         bad_pairs = nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1)
         clean = torch.where(bad_pairs, 0.0, gram)
         if self.options.surgery == "global":
@@ -226,7 +229,10 @@ class GradientSurgery:
         return torch.where(bad.unsqueeze(1), 1.0, weights.to(gram.dtype))
 
     def apply(self, step: int | None = None) -> dict[str, torch.Tensor]:
-        """Combine the domains' buffers into ``p.grad`` and free them; return statistics (tensors).
+        """Combine the domains' buffers into ``p.grad``; return statistics (tensors).
+
+        The result is written in place into the buffers (no allocation); they are freed when ``p.grad``
+        is dropped (``optimizer.zero_grad()``), as surgery keeps no reference to them.
 
         Every rank must call it once per step (also a rank that saw no data). It never syncs with the
         host when the domain list is fixed and ``on_nonfinite="propagate"``.

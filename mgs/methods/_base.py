@@ -35,8 +35,3 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(_splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64)) >> 1)
     return generator
-
-
-def sum_weights(gram: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """All ones: the plain sum of the domains' gradients (``surgery="none"``, naive mixing)."""
-    return torch.ones(gram.shape[:2], dtype=gram.dtype, device=gram.device)
