@@ -28,6 +28,7 @@ import zlib
 import pytest
 import torch
 from _launch import launch
+from pcgrad_reference import reference_pcgrad
 from torch import nn
 
 import mgs
@@ -388,24 +389,6 @@ def replicated_worker(rank: int, world: int, out_dir: str) -> None:
 
 
 # ====================================================================== reference (parent side)
-def reference_pcgrad(vectors: list[torch.Tensor], order: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Plain PCGrad; also the smallest |cos(g_i', g_j)| among the sign tests (how safe the branches are)."""
-    total = torch.zeros_like(vectors[0])
-    margin = float("inf")
-    for i, gi in enumerate(vectors):
-        g = gi.clone()
-        for j in order[i].tolist():
-            if j == i:
-                continue
-            dot, sq = float(g @ vectors[j]), float(vectors[j] @ vectors[j])
-            if sq > 0 and float(g.norm()) > 0:
-                margin = min(margin, abs(dot) / (float(g.norm()) * sq**0.5))
-            if dot < 0 and sq > 0:
-                g = g - dot / sq * vectors[j]
-        total += g
-    return total, margin
-
-
 def mean_grads(records: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
     """label → name → mean over ranks of the rank's gradient (a rank without the label contributes zero)."""
     r0 = records[0]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pcgrad_reference import reference_pcgrad
+
 from mgs.methods import pcgrad_orders, step_generator
 
 
@@ -85,21 +87,6 @@ def _min_abs_cos(grads, names, k) -> float:
     return worst
 
 
-def reference_pcgrad(vectors: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
-    """Plain PCGrad of K vectors; ``order[i]`` lists the domains g_i meets (itself skipped)."""
-    total = torch.zeros_like(vectors[0])
-    for i, gi in enumerate(vectors):
-        g = gi.clone()
-        for j in order[i].tolist():
-            if j == i:
-                continue
-            dot, sq = float(g @ vectors[j]), float(vectors[j] @ vectors[j])
-            if dot < 0 and sq > 0:
-                g = g - dot / sq * vectors[j]
-        total += g
-    return total
-
-
 def reference_surgery(
     grads: dict[str, list[torch.Tensor]], groups: dict[str, list[str]], surgery: str, seed: int, step: int
 ) -> dict[str, torch.Tensor]:
@@ -112,7 +99,7 @@ def reference_surgery(
     out = {}
     for m, names in enumerate(group_lists):
         vectors = [torch.cat([grads[n][d].flatten() for n in names]) for d in range(k)]
-        combined = reference_pcgrad(vectors, orders[m])
+        combined, _ = reference_pcgrad(vectors, orders[m])
         offset = 0
         for n in names:
             size = grads[n][0].numel()
