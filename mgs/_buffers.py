@@ -8,8 +8,8 @@ FSDP2 shards), so autograd and FSDP2 accumulate straight into the buffer: no cop
 gradient-sized memory. Chunk alignment lets one batched matmul compute the Gram matrices of
 every chunk of a bucket, and each chunk belongs to exactly one parameter, hence to one group.
 
-Buffers exist only between the first backward of a step and :meth:`DomainBuffers.release`;
-:mod:`mgs._apply` frees each bucket as soon as it has been combined.
+Buffers are allocated at the first backward of a step. :mod:`mgs._apply` writes the result into
+row 0 and drops its reference, so they are freed when the training loop drops ``p.grad``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CHUNK = 512
 """Slot alignment in elements; the Gram pass works on ``[chunks, K, CHUNK]`` blocks."""
 
 BUCKET_CAP = 1 << 24
-"""Elements per bucket (a larger parameter gets a bucket of its own); bounds apply()'s temporaries."""
+"""Elements per bucket (a larger parameter gets a bucket of its own); bounds the Gram pass's temporary."""
 
 
 def _ceil_chunks(numel: int) -> int:

@@ -66,7 +66,7 @@ class SurgeryOptions:
     surgery: str = "modular"
     granularity: Granularity = "parameter"
     method: str | Callable = "pcgrad"
-    domains: tuple[str, ...] | None = None
+    domains: Sequence[str] | None = None  # stored as a tuple
     seed: int = 0
     on_nonfinite: str = "propagate"
 

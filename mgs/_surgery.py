@@ -68,7 +68,8 @@ class GradientSurgery:
         shard_group: the process group over which plain-tensor parameters are shards (their partial
             Gram matrices are summed over it). FSDP2 DTensor parameters need nothing: the group is
             read from their mesh.
-        bucket_cap: elements per buffer bucket; bounds apply()'s temporary memory.
+        bucket_cap: elements per buffer bucket (a larger tensor gets its own); bounds the Gram pass's
+            temporary, ``[bucket elements / 512, K, K]`` floats.
 
     Gradients written to ``p.grad`` outside any :meth:`domain` context (a backward outside the
     contexts, or a gradient left from before) are treated as :meth:`shared`.
@@ -92,7 +93,7 @@ class GradientSurgery:
             surgery=surgery,
             granularity=granularity,
             method=method,
-            domains=None if domains is None else tuple(domains) if not isinstance(domains, str) else domains,
+            domains=domains,
             seed=seed,
             on_nonfinite=on_nonfinite,
         )
