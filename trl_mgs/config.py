@@ -1,0 +1,76 @@
+"""``MGSGRPOConfig``: ``GRPOConfig`` plus the surgery settings, validated in ``__post_init__``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from mgs import GRANULARITIES, METHODS, SURGERY_MODES, SurgeryOptions
+
+
+@dataclass
+class MGSGRPOConfig(GRPOConfig):
+    r"""
+    Configuration for [`MGSGRPOTrainer`]: every [`~trl.GRPOConfig`] field, plus:
+
+    > Parameters that control modular gradient surgery
+
+    surgery (`str`, *optional*, defaults to `"modular"`):
+        How the domains' gradients are combined: `"none"` (plain sum, i.e. stock GRPO: naive mixing),
+        `"global"` (PCGrad over all parameters as one vector) or `"modular"` (PCGrad per module).
+    surgery_granularity (`str`, *optional*, defaults to `"parameter"`):
+        What a module is for `"modular"` (and for the logged statistics): `"parameter"` (each tensor),
+        `"module"` (each leaf module), `"block"` (attention / MLP / the rest of each decoder layer) or
+        `"layer"` (each decoder layer). LoRA adapters count as their base module.
+    surgery_method (`str`, *optional*, defaults to `"pcgrad"`):
+        The method applied per module. Ignored by `surgery="none"`.
+    domain_column (`str`, *optional*, defaults to `"domain"`):
+        Dataset column holding each prompt's domain name.
+    domains (`list[str]` or `None`, *optional*, defaults to `None`):
+        The ordered domain list, fixed for the run. `None` reads the sorted distinct values of
+        `domain_column` from the training dataset.
+    surgery_seed (`int` or `None`, *optional*, defaults to `None`):
+        Seeds PCGrad's projection orders together with the global step. `None` uses `seed`.
+    """
+
+    surgery: str = field(
+        default="modular",
+        metadata={"help": "How domain gradients are combined.", "choices": list(SURGERY_MODES)},
+    )
+    surgery_granularity: str = field(
+        default="parameter",
+        metadata={"help": "What a module is for modular surgery and the statistics.", "choices": list(GRANULARITIES)},
+    )
+    surgery_method: str = field(
+        default="pcgrad",
+        metadata={"help": "The method applied per module (ignored by surgery='none').", "choices": list(METHODS)},
+    )
+    domain_column: str = field(
+        default="domain",
+        metadata={"help": "Dataset column holding each prompt's domain name."},
+    )
+    domains: list[str] | None = field(
+        default=None,
+        metadata={"help": "Ordered domain list; default: the sorted distinct values of `domain_column` in the training set."},
+    )
+    surgery_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of PCGrad's projection orders (with the global step); default: `seed`."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.domain_column, str) or not self.domain_column:
+            raise ValueError(f"domain_column must be a non-empty column name; got {self.domain_column!r}.")
+        self.surgery_options()  # validates every surgery field, with errors naming the value and the choices
+
+    def surgery_options(self, domains: list[str] | None = None) -> SurgeryOptions:
+        """The core's options for this config (``domains`` fills in a list read from the dataset)."""
+        return SurgeryOptions(
+            surgery=self.surgery,
+            granularity=self.surgery_granularity,
+            method=self.surgery_method,
+            domains=self.domains if domains is None else domains,
+            seed=self.seed if self.surgery_seed is None else self.surgery_seed,
+        )
