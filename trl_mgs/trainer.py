@@ -31,20 +31,30 @@ class MGSGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MGSGRPOConfig):
             raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig; got {type(self.args).__name__}.")
-        domains = self.args.domains or self._domains_from_dataset()
+        found = self._domains_in_dataset()
+        domains = self.args.domains or found
+        if found is not None and self.args.domains:
+            unknown = sorted(set(found) - set(domains))
+            if unknown:
+                raise ValueError(
+                    f"the training dataset has domains {unknown} that MGSGRPOConfig.domains {list(domains)} does not list."
+                )
+        if domains is None:
+            raise ValueError(
+                "MGSGRPOConfig.domains must be set when the training dataset has no column list (e.g. an IterableDataset)."
+            )
         options = self.args.surgery_options(domains=domains)
         self.surgery = mgs.GradientSurgery(self.model, **vars(options))
         self._captured: list | None = None
         self._row_domains: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ domains from the data
-    def _domains_from_dataset(self) -> list[str]:
+    def _domains_in_dataset(self) -> list[str] | None:
+        """The sorted distinct domains of the training set, or None when it cannot be read (iterable datasets)."""
         column, dataset = self.args.domain_column, self.train_dataset
         names = getattr(dataset, "column_names", None)
         if names is None:
-            raise ValueError(
-                "MGSGRPOConfig.domains must be set when the training dataset has no column list (e.g. an IterableDataset)."
-            )
+            return None
         if column not in names:
             raise ValueError(f"the training dataset has no domain column {column!r}; its columns are {names}. "
                              "Set MGSGRPOConfig.domain_column.")

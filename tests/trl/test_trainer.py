@@ -59,3 +59,80 @@ def test_surgery_none_trains_like_stock(tmp_path, loss_type, grad_accum, iterati
     assert max(trainer.domains_per_microbatch) >= 2, "no mixed micro-batch: the domain split went untested"
     history = trainer.state.log_history
     assert any("mgs/conflict_frac" in h for h in history)
+
+
+def test_modular_changes_the_update_and_logs_surgery_stats(tmp_path):
+    cls = make_stub_mgs_trainer_class()
+    _, none_grads, _ = _train(cls, MGSGRPOConfig, tmp_path / "none", 2, surgery="none")
+    trainer, grads, _ = _train(cls, MGSGRPOConfig, tmp_path / "modular", 2, surgery="modular")
+    assert trainer.surgery.domains == ("chat", "code", "math")  # read from the dataset, sorted
+    logged = [h for h in trainer.state.log_history if "mgs/conflict_frac" in h]
+    assert len(logged) == 2
+    assert any(h["mgs/conflict_frac"] > 0 for h in logged), "the stub data has no conflict: surgery untested"
+    assert {"mgs/grad_norm/math", "mgs/cosine_mean/attention", "mgs/conflict_frac/mlp"} <= set(logged[0])
+    # step 0 starts from the same parameters: surgery projected something away
+    diff = sum(float((grads[0][n] - none_grads[0][n]).norm()) for n in grads[0])
+    assert diff > 1e-6
+
+
+def test_config_validation_and_cli():
+    with pytest.raises(ValueError, match="surgery='modualr'"):
+        MGSGRPOConfig(output_dir="out", surgery="modualr", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="granularity='layers'"):
+        MGSGRPOConfig(output_dir="out", surgery_granularity="layers", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="duplicates"):
+        MGSGRPOConfig(output_dir="out", domains=["a", "a"], use_cpu=True, report_to="none")
+    from trl import TrlParser
+
+    (args,) = TrlParser(MGSGRPOConfig).parse_args_into_dataclasses(
+        ["--output_dir", "out", "--surgery", "global", "--surgery_granularity", "block",
+         "--domains", "math", "chat", "--surgery_seed", "5", "--use_cpu", "true", "--report_to", "none"]
+    )
+    assert (args.surgery, args.surgery_granularity, args.domains, args.surgery_seed) == ("global", "block", ["math", "chat"], 5)
+    with pytest.raises(SystemExit):
+        TrlParser(MGSGRPOConfig).parse_args_into_dataclasses(["--output_dir", "out", "--surgery", "sometimes"])
+
+
+def test_domain_column_errors_and_remove_unused_columns(tmp_path):
+    cls = make_stub_mgs_trainer_class()
+
+    def build(data, **kw):
+        args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **(COMMON | kw))
+        return cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=data, processing_class=tiny_tokenizer())
+
+    with pytest.raises(ValueError, match=r"no domain column 'task'.*\['prompt', 'domain'\]"):
+        build(dataset(), domain_column="task")
+    with pytest.raises(ValueError, match=r"domains \['code', 'math'\] that MGSGRPOConfig.domains \['chat'\]"):
+        build(dataset(), domains=["chat"])
+    # remove_unused_columns=True would drop the column: the trainer keeps it
+    trainer = build(dataset(), remove_unused_columns=True)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_lora_only_adapters_get_buffers(tmp_path):
+    peft = pytest.importorskip("peft")
+    cls = make_stub_mgs_trainer_class()
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=2, **(COMMON | {"learning_rate": 0.1}))
+    lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+                  processing_class=tiny_tokenizer(), peft_config=lora)
+    names = sum(trainer.surgery.groups().values(), [])
+    assert names and all("lora_" in n for n in names)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_defaults_bf16_and_gradient_checkpointing_run_on_cpu(tmp_path):
+    """GRPOConfig's defaults (bf16=True, gradient_checkpointing=True) with modular surgery."""
+    cls = make_stub_mgs_trainer_class()
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=2,
+                         **(COMMON | {"bf16": True, "gradient_checkpointing": True, "learning_rate": 0.05}))
+    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert len(changed) > len(before) // 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
