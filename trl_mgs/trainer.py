@@ -31,6 +31,13 @@ class MGSGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MGSGRPOConfig):
             raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig; got {type(self.args).__name__}.")
+        if self.accelerator.num_processes > 1:
+            # The per-domain backward runs outside DDP's reducer and FSDP's hooks: it would be silently wrong.
+            raise NotImplementedError(
+                f"MGSGRPOTrainer runs single-process only so far (got {self.accelerator.num_processes} processes, "
+                f"{self.accelerator.distributed_type}); DDP and FSDP2 support is being built on mgs's dp_group and "
+                "sharded paths. Run one process, or GRPOTrainer for multi-process runs."
+            )
         found = self._domains_in_dataset()
         domains = self.args.domains or found
         if found is not None and self.args.domains:
