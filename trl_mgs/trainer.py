@@ -14,6 +14,7 @@ writes ``p.grad`` before the trainer clips and steps.
 from __future__ import annotations
 
 import torch
+from accelerate.utils import DistributedType
 from trl import GRPOTrainer
 
 import mgs
@@ -31,13 +32,16 @@ class MGSGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MGSGRPOConfig):
             raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig; got {type(self.args).__name__}.")
+        dp_group = None
         if self.accelerator.num_processes > 1:
-            # The per-domain backward runs outside DDP's reducer and FSDP's hooks: it would be silently wrong.
-            raise NotImplementedError(
-                f"MGSGRPOTrainer runs single-process only so far (got {self.accelerator.num_processes} processes, "
-                f"{self.accelerator.distributed_type}); DDP and FSDP2 support is being built on mgs's dp_group and "
-                "sharded paths. Run one process, or GRPOTrainer for multi-process runs."
-            )
+            kind = self.accelerator.distributed_type
+            if kind not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+                # FSDP's and DeepSpeed's hooks would reduce every domain's backward into whichever buffer is active.
+                raise NotImplementedError(
+                    f"MGSGRPOTrainer supports single-process and DDP (MULTI_CPU / MULTI_GPU) training; got {kind}."
+                )
+            # DDP: forward and backward run under no_sync(); surgery averages each domain over the ranks.
+            dp_group = torch.distributed.group.WORLD
         found = self._domains_in_dataset()
         domains = self.args.domains or found
         if found is not None and self.args.domains:
@@ -51,7 +55,7 @@ class MGSGRPOTrainer(GRPOTrainer):
                 "MGSGRPOConfig.domains must be set when the training dataset has no column list (e.g. an IterableDataset)."
             )
         options = self.args.surgery_options(domains=domains)
-        self.surgery = mgs.GradientSurgery(self.model, **vars(options))
+        self.surgery = mgs.GradientSurgery(self.model, **vars(options), dp_group=dp_group)
         self._captured: list | None = None
         self._row_domains: torch.Tensor | None = None
 
@@ -103,13 +107,14 @@ class MGSGRPOTrainer(GRPOTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch):
         self._captured = []
-        try:
-            loss = super().training_step(model, inputs, num_items_in_batch)  # stock; its backward stops at the leaves
-            captured = self._captured
-        finally:
-            self._captured = None
-        for real, leaves in captured:
-            self._backward_by_domain(real, leaves, self._row_domains)
+        with self.accelerator.no_sync(model):  # DDP decides at forward time; surgery reduces per domain instead
+            try:
+                loss = super().training_step(model, inputs, num_items_in_batch)  # stock; backward stops at the leaves
+                captured = self._captured
+            finally:
+                self._captured = None
+            for real, leaves in captured:
+                self._backward_by_domain(real, leaves, self._row_domains)
         if self.accelerator.sync_gradients:
             stats = self.surgery.apply(step=self.state.global_step)
             self._log_surgery(stats)

@@ -1,0 +1,34 @@
+"""Run under torchrun (2 CPU processes): stock GRPOTrainer vs MGSGRPOTrainer(surgery=none) under DDP, then
+modular; writes rank 0's per-step pre-clip gradients and each rank's surgery stats to $OUT_DIR."""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _tiny import COMMON, StubGRPOTrainer, dataset, make_stub_mgs_trainer_class, reward, tiny_model, tiny_tokenizer  # noqa: E402
+from test_trainer import GradRecorder  # noqa: E402
+from trl import GRPOConfig  # noqa: E402
+
+from trl_mgs import MGSGRPOConfig  # noqa: E402
+
+
+def run(cls, config_cls, out, **kw):
+    args = config_cls(output_dir=out, max_steps=2, **(COMMON | {"per_device_train_batch_size": 4} | kw))
+    recorder = GradRecorder()
+    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+                  processing_class=tiny_tokenizer(), callbacks=[recorder])
+    trainer.train()
+    return trainer, recorder.grads
+
+
+out = os.environ["OUT_DIR"]
+rank = int(os.environ["RANK"])
+_, stock = run(StubGRPOTrainer, GRPOConfig, out + "/stock", gradient_accumulation_steps=2)
+_, none = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out + "/none", surgery="none", gradient_accumulation_steps=2)
+modular, modular_grads = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out + "/modular", surgery="modular",
+                             gradient_accumulation_steps=2)
+stats = [h for h in modular.state.log_history if "mgs/conflict_frac" in h]
+torch.save({"stock": stock, "none": none, "modular": modular_grads, "stats": stats,
+            "domains_per_microbatch": modular.domains_per_microbatch}, f"{out}/rank{rank}.pt")
