@@ -31,7 +31,7 @@ def tiny_model(seed: int = 0, dtype=torch.float32):
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
     )
-    return AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="eager")
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
 
 
 def dataset(n_per_domain: int = 8) -> Dataset:
