@@ -14,7 +14,7 @@ writes ``p.grad`` before the trainer clips and steps.
 from __future__ import annotations
 
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather
 from trl import GRPOTrainer
 
 import mgs
@@ -88,7 +88,28 @@ class MGSGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"unknown domain {name!r} in column {column!r}; the known domains are {list(self.surgery.domains)}.")
             rows.append(self.surgery.domains.index(name))
         output[DOMAIN_IDS] = torch.tensor(rows, device=self.accelerator.device)
+        if self.model.training:
+            self._log_domain_metrics(output[DOMAIN_IDS], output["completion_mask"].sum(dim=1))
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func  # already gathered over ranks, in rank order
+        return rewards_per_func
+
+    def _log_domain_metrics(self, local_ids: torch.Tensor, local_lengths: torch.Tensor) -> None:
+        """Per-domain reward mean/std and completion length over the whole generation batch (all ranks)."""
+        ids, lengths = gather(local_ids), gather(local_lengths).float()  # same rank order as the rewards
+        weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
+        rewards = (self._rewards_per_func * weights).nansum(dim=1)  # the scalar reward GRPO uses
+        metrics = self._metrics["train"]
+        for d, name in enumerate(self.surgery.domains):
+            rows = ids == d
+            present = bool(rows.any())
+            nan = float("nan")
+            metrics[f"mgs/reward/{name}/mean"].append(float(rewards[rows].mean()) if present else nan)
+            metrics[f"mgs/reward/{name}/std"].append(float(rewards[rows].std()) if rows.sum() > 1 else nan)
+            metrics[f"mgs/completion_length/{name}"].append(float(lengths[rows].mean()) if present else nan)
 
     # ------------------------------------------------------------------ per-domain backward
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):

@@ -186,3 +186,62 @@ def test_resume_continues_identically(tmp_path):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
     moved = sum(float((p - q).detach().norm()) for p, q in zip(straight.model.parameters(), first.model.parameters()))
     assert moved > 0, "steps 3-4 changed nothing: the test could not fail"
+
+
+def test_per_domain_reward_and_length_metrics(tmp_path):
+    """mgs/reward/<d>/mean and /std equal the reward function's own outputs grouped by domain."""
+    seen = []
+
+    def recording_reward(completions, domain, **kwargs):
+        values = reward(completions, domain)
+        seen.append(list(zip(domain, values, completions)))
+        return values
+
+    cls = make_stub_mgs_trainer_class()
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=2, **COMMON)
+    trainer = cls(model=tiny_model(), reward_funcs=[recording_reward], args=args, train_dataset=dataset(),
+                  processing_class=tiny_tokenizer())
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "mgs/conflict_frac" in h]
+    assert len(logs) == len(seen) == 2  # one generation per step here
+    for log, batch in zip(logs, seen):
+        for d in trainer.surgery.domains:
+            values = torch.tensor([v for dom, v, _ in batch if dom == d])
+            key = f"mgs/reward/{d}/mean"
+            if len(values):
+                assert log[key] == pytest.approx(float(values.mean()), rel=1e-4, abs=1e-6)
+                if len(values) > 1:
+                    assert log[f"mgs/reward/{d}/std"] == pytest.approx(float(values.std()), rel=1e-4, abs=1e-6)
+                assert log[f"mgs/completion_length/{d}"] > 0
+            else:
+                assert log.get(key) is None  # absent this step: NaN, shown as None by TRL
+
+
+def test_docs_list_every_logged_metric(tmp_path):
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    trl_doc = (docs / "trl.md").read_text().split("<!-- trl-metrics:start -->")[1].split("<!-- trl-metrics:end -->")[0]
+    core_doc = (docs / "metrics.md").read_text().split("<!-- metrics:start -->")[1].split("<!-- metrics:end -->")[0]
+    cls = make_stub_mgs_trainer_class()
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **COMMON)
+    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer())
+    trainer.train()
+    emitted = {k for k in trainer.state.log_history[0] if k.startswith("mgs/")}
+    kinds = set(trainer.surgery.group_kinds().values())
+
+    def expand(keys):
+        out = set()
+        for key in keys:
+            names = [key]
+            if "{domain}" in key:
+                names = [key.replace("{domain}", d) for d in trainer.surgery.domains]
+            if "{kind}" in key:
+                names = [n.replace("{kind}", k) for n in names for k in kinds]
+            out |= set(names)
+        return out
+
+    core = {f"mgs/{k}" for k in expand(re.findall(r"^- `([^`]+)`", core_doc, flags=re.M)) if k != "nonfinite_flags"}
+    adapter = expand(k for k in re.findall(r"^- `([^`]+)`", trl_doc, flags=re.M) if not k.startswith("mgs/<"))
+    assert emitted == core | adapter
