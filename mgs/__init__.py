@@ -8,6 +8,7 @@ The pipeline, one file per step: :mod:`mgs._partition` (parameters â†’ groups) â
 from mgs._options import GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs._partition import KINDS
 from mgs._surgery import GradientSurgery
+from mgs.data import MixturePlan, batch_counts, check_trl_compatible, interleave_domains, plan_mixture
 from mgs.methods import METHODS
 
 __version__ = "0.1.0"
@@ -17,7 +18,12 @@ __all__ = [
     "GradientSurgery",
     "KINDS",
     "METHODS",
+    "MixturePlan",
     "ON_NONFINITE",
     "SURGERY_MODES",
     "SurgeryOptions",
+    "batch_counts",
+    "check_trl_compatible",
+    "interleave_domains",
+    "plan_mixture",
 ]

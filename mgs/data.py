@@ -1,0 +1,395 @@
+"""Deterministic multi-domain mixing: the same per-domain row counts in every batch.
+
+A weighted random sampler (the research code's ``WeightedRandomSampler``) only gets the
+proportions right on average. Here, every consecutive block of ``batch_size`` rows holds exactly
+``counts[d]`` rows of each domain ``d``:
+
+* **Counts** (largest remainder): the quota ``q_d = p_d · batch_size`` gives ``floor(q_d)`` rows
+  to ``d``; the ``batch_size − Σ_d floor(q_d)`` rows left go one each to the domains with the
+  largest remainders ``q_d − floor(q_d)``; ties go to the larger proportion, then to the name that
+  sorts first. So ``Σ_d counts[d] = batch_size`` and ``|counts[d] − q_d| < 1``. Quotas and
+  remainders are rounded to 9 decimals, so float noise (``5.6 − 5 = 0.5999999999999996``) never
+  decides a tie.
+* **Draws**: the ``n``-th row ever drawn from domain ``d`` (of size ``N_d``) is
+  ``perm(seed, d, n // N_d)[n % N_d]``: a permutation per (seed, domain, epoch), walked without
+  replacement. Batch ``i`` takes draws ``i·counts[d] … (i+1)·counts[d] − 1`` of each domain, so
+  any batch is computed directly from its index (resuming needs no replay).
+* **Order in a batch**: shuffled by a generator seeded by (seed, batch index), or, with
+  ``group_by_domain=True``, the domains one after the other in sorted name order.
+* **Stopping**: ``"first_exhausted"`` never repeats a row: at most ``min_d floor(N_d / counts[d])``
+  batches. ``"cycle"`` starts a domain's next epoch (a new permutation) when it runs out; by
+  default it runs until every row of every domain has been used at least once,
+  ``max_d ceil(N_d / counts[d])`` batches. A batch that straddles an epoch boundary of a domain
+  may hold one of its rows twice (always, if ``counts[d] > N_d``).
+
+Randomness comes only from :class:`random.Random` seeded by a hash of the key, through its
+``random()`` method, whose sequence Python promises to keep across versions; nothing touches the
+global random generators.
+
+Proportions must sum to 1 (within 1e-6): an error, not a silent normalisation, so that a typo
+such as ``{"math": 0.7, "chat": 0.7}`` cannot pass. A domain whose proportion is 0 is never drawn.
+
+What keeps the counts exact downstream is that the trainer reads the rows in order, in blocks of
+``batch_size`` unique prompts: see :func:`check_trl_compatible` and ``docs/data.md`` (verl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import datasets as hf
+
+STOPPING = ("first_exhausted", "cycle")
+
+Rows = Union["hf.Dataset", Sequence[Mapping[str, Any]]]
+
+
+def _rng(seed: int, *key: object) -> random.Random:
+    digest = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def _shuffle(items: list, rng: random.Random) -> None:
+    # Fisher-Yates on rng.random(): random.shuffle's algorithm is not promised stable across Pythons.
+    for i in range(len(items) - 1, 0, -1):
+        j = int(rng.random() * (i + 1))
+        items[i], items[j] = items[j], items[i]
+
+
+def _permutation(seed: int, domain: str, epoch: int, size: int) -> list[int]:
+    order = list(range(size))
+    _shuffle(order, _rng(seed, "domain", domain, epoch))
+    return order
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_proportions(proportions: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(proportions, Mapping) or not proportions:
+        raise ValueError(f"proportions must be a non-empty mapping domain -> proportion; got {proportions!r}.")
+    out = {}
+    for name, p in proportions.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"every domain must be a non-empty string; got {name!r} in proportions.")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+            raise ValueError(f"proportions[{name!r}] = {p!r} is not a finite number.")
+        if p < 0:
+            raise ValueError(f"proportions[{name!r}] = {p!r} is negative; proportions must be >= 0.")
+        out[name] = float(p)
+    total = sum(out.values())
+    if total == 0:
+        raise ValueError(f"proportions are all zero: {out}; give at least one domain a positive proportion.")
+    if abs(total - 1) > 1e-6:
+        raise ValueError(
+            f"proportions sum to {total:g}, not 1: {out}. They are fractions of each batch; "
+            f"for relative weights, divide each by their sum ({total:g})."
+        )
+    return out
+
+
+def batch_counts(proportions: Mapping[str, float], batch_size: int) -> dict[str, int]:
+    """Rows of each domain per batch, by largest remainder (see the module docstring); sorted by domain.
+
+    Raises ``ValueError`` if a domain with a positive proportion would get no row.
+    """
+    props = _check_proportions(proportions)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    total = sum(props.values())
+    quotas = {d: round(p / total * batch_size, 9) for d, p in props.items()}
+    counts = {d: math.floor(q) for d, q in quotas.items()}
+    left = batch_size - sum(counts.values())
+    remainders = {d: round(quotas[d] - counts[d], 9) for d in props}  # 5.6 - 5 = 0.5999999999999996
+    ranked = sorted((d for d in props if props[d] > 0), key=lambda d: (-remainders[d], -props[d], d))
+    for d in ranked[:left]:
+        counts[d] += 1
+    for d in sorted(props):
+        if props[d] > 0 and counts[d] == 0:
+            raise ValueError(
+                f"domain {d!r} (proportion {props[d]:g}) gets 0 of batch_size={batch_size} rows per batch "
+                f"(counts {dict(sorted(counts.items()))}); use batch_size >= {math.ceil(1 / props[d])} "
+                f"or drop the domain."
+            )
+    return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class MixturePlan:
+    """Which source row fills each position of the mixed stream. Build it with :func:`plan_mixture`.
+
+    Row ``k`` of the stream is ``rows()[k]``, a ``(domain, index into that domain's rows)`` pair;
+    batch ``i`` is rows ``i·batch_size … (i+1)·batch_size − 1``. A plan holds no data: save the
+    arguments of :func:`plan_mixture` and rebuild it to resume.
+    """
+
+    domains: tuple[str, ...]  # sorted
+    sizes: tuple[int, ...]  # rows available per domain
+    counts: tuple[int, ...]  # rows per batch per domain; sums to batch_size
+    batch_size: int
+    num_batches: int
+    seed: int
+    stopping: str
+    group_by_domain: bool
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def batch(self, index: int) -> list[tuple[str, int]]:
+        """The ``batch_size`` ``(domain, row)`` pairs of batch ``index``, computed from the index alone."""
+        if not _is_int(index) or not 0 <= index < self.num_batches:
+            raise IndexError(f"batch index {index!r} is out of range for a plan of {self.num_batches} batches.")
+        return self._batch(index, {})
+
+    def _batch(self, index: int, cache: dict[str, tuple[int, list[int]]]) -> list[tuple[str, int]]:
+        # cache: domain -> (epoch, its permutation); draws only move forward, so one epoch per domain is kept.
+        rows = []
+        for domain, size, count in zip(self.domains, self.sizes, self.counts):
+            for n in range(index * count, (index + 1) * count):
+                epoch, position = divmod(n, size)
+                if cache.get(domain, (None,))[0] != epoch:
+                    cache[domain] = (epoch, _permutation(self.seed, domain, epoch, size))
+                rows.append((domain, cache[domain][1][position]))
+        if not self.group_by_domain:
+            _shuffle(rows, _rng(self.seed, "batch", index))
+        return rows
+
+    def rows(self, start_batch: int = 0) -> Iterator[tuple[str, int]]:
+        """Every ``(domain, row)`` pair from batch ``start_batch`` on: a resumed run's exact continuation."""
+        if not _is_int(start_batch) or not 0 <= start_batch <= self.num_batches:
+            raise IndexError(f"start_batch={start_batch!r} is out of range for a plan of {self.num_batches} batches.")
+        cache: dict[str, tuple[int, list[int]]] = {}
+        for i in range(start_batch, self.num_batches):
+            yield from self._batch(i, cache)
+
+    def to_dataset(
+        self, datasets: Mapping[str, Rows], *, domain_column: str = "domain", start_batch: int = 0
+    ) -> hf.Dataset:
+        """The mixed rows as one ``datasets.Dataset``, from batch ``start_batch`` on.
+
+        Each value is a ``datasets.Dataset`` or a sequence of dicts (the same keys in every row), and
+        all domains must have the same columns. ``domain_column`` is added holding the domain's name;
+        a domain that already has it must hold its own name in every row. The result is the
+        concatenation of the domains with an index mapping (``select``): no row is copied.
+        """
+        import datasets as hf
+
+        if set(datasets) != set(self.domains):
+            raise ValueError(f"datasets has domains {sorted(datasets)} but the plan has {list(self.domains)}.")
+        parts, offsets, offset = [], {}, 0
+        for domain, size in zip(self.domains, self.sizes):
+            part = datasets[domain]
+            if not isinstance(part, hf.Dataset):
+                part = _from_rows(domain, part)
+            if len(part) != size:
+                raise ValueError(f"datasets[{domain!r}] has {len(part)} rows but the plan was made for {size}.")
+            if domain_column in part.column_names:
+                found = part.unique(domain_column)
+                if found != [domain]:
+                    shown = sorted(map(repr, found))[:5]
+                    raise ValueError(
+                        f"datasets[{domain!r}] already has a {domain_column!r} column with values "
+                        f"{', '.join(shown)} instead of {domain!r}; drop the column or fix the key."
+                    )
+            else:
+                part = part.add_column(domain_column, [domain] * size)
+            parts.append(part)
+            offsets[domain], offset = offset, offset + size
+        columns = {d: sorted(p.column_names) for d, p in zip(self.domains, parts)}
+        if len({tuple(c) for c in columns.values()}) > 1:
+            raise ValueError(f"every domain must have the same columns to be mixed; got {columns}.")
+        try:
+            mixed = hf.concatenate_datasets([p.select_columns(parts[0].column_names) for p in parts])
+        except ValueError as error:
+            features = {d: dict(p.features) for d, p in zip(self.domains, parts)}
+            raise ValueError(f"the domains' column types differ, cast them to one schema: {features}") from error
+        return mixed.select([offsets[d] + i for d, i in self.rows(start_batch)])
+
+
+def _from_rows(domain: str, rows: Sequence[Mapping[str, Any]]) -> hf.Dataset:
+    import datasets as hf
+
+    rows = list(rows)
+    keys = set(rows[0]) if rows and isinstance(rows[0], Mapping) else None
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"datasets[{domain!r}][{i}] is a {type(row).__name__}; rows must be dicts.")
+        if set(row) != keys:
+            raise ValueError(f"datasets[{domain!r}][{i}] has keys {sorted(row)}, row 0 has {sorted(keys)}.")
+    return hf.Dataset.from_list([dict(r) for r in rows])
+
+
+def plan_mixture(
+    sizes: Mapping[str, int | Sized],
+    proportions: Mapping[str, float],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    num_batches: int | None = None,
+    stopping: str = "first_exhausted",
+    group_by_domain: bool = False,
+) -> MixturePlan:
+    """Plan a stream whose every block of ``batch_size`` rows has the same per-domain counts.
+
+    Args:
+        sizes: per domain, its number of rows, or anything with a length (its dataset).
+        proportions: per domain, its fraction of each batch; the same domains as ``sizes``, summing to 1.
+        batch_size: rows per batch. For TRL, the unique prompts per generation batch
+            (:func:`check_trl_compatible`); for verl, ``data.gen_batch_size`` or ``data.train_batch_size``.
+        seed: seeds every permutation (per domain and epoch) and every in-batch order (per batch).
+        num_batches: how many batches; ``None`` takes the most ``"first_exhausted"`` allows, or, with
+            ``"cycle"``, just enough for every row to be used once.
+        stopping: ``"first_exhausted"`` (no row repeats; more batches than the smallest domain
+            allows is an error) or ``"cycle"`` (a domain that runs out starts a new permutation).
+        group_by_domain: lay each batch out domain after domain instead of shuffling it.
+    """
+    if not isinstance(stopping, str) or stopping not in STOPPING:
+        raise ValueError(f"stopping={stopping!r} is not supported; choose one of {', '.join(map(repr, STOPPING))}.")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an integer; got {seed!r}.")
+    _check_proportions(proportions)
+    if not isinstance(sizes, Mapping):
+        raise TypeError(f"sizes must be a mapping domain -> rows or dataset; got {type(sizes).__name__}.")
+    missing, unknown = sorted(set(sizes) - set(proportions)), sorted(set(proportions) - set(sizes))
+    if missing or unknown:
+        raise ValueError(
+            f"datasets and proportions must name the same domains: no proportion for {missing}, "
+            f"no dataset for {unknown}."
+        )
+    counts = batch_counts(proportions, batch_size)
+    domains = tuple(counts)
+    lengths = []
+    for d in domains:
+        if not (_is_int(sizes[d]) or isinstance(sizes[d], Sized)):
+            raise TypeError(f"domain {d!r}: expected a row count or a dataset, got {type(sizes[d]).__name__}.")
+        size = sizes[d] if _is_int(sizes[d]) else len(sizes[d])
+        if size < 1:
+            raise ValueError(f"domain {d!r} has no rows; remove it or give it data.")
+        lengths.append(size)
+    active = [(d, n, c) for d, n, c in zip(domains, lengths, counts.values()) if c > 0]
+    available = min(n // c for _, n, c in active)
+    if num_batches is None:
+        num_batches = available if stopping == "first_exhausted" else max(-(-n // c) for _, n, c in active)
+    elif not _is_int(num_batches) or num_batches < 1:
+        raise ValueError(f"num_batches must be an integer >= 1 or None; got {num_batches!r}.")
+    if stopping == "first_exhausted" and num_batches > available:
+        d, n, c = min(active, key=lambda a: (a[1] // a[2], a[0]))
+        raise ValueError(
+            f"domain {d!r} has {n} rows, enough for {n // c} batches of {c} of its rows, "
+            f"fewer than num_batches={num_batches}; use stopping='cycle' to reuse rows, or a smaller num_batches."
+        )
+    return MixturePlan(
+        domains=domains,
+        sizes=tuple(lengths),
+        counts=tuple(counts.values()),
+        batch_size=batch_size,
+        num_batches=num_batches,
+        seed=seed,
+        stopping=stopping,
+        group_by_domain=bool(group_by_domain),
+    )
+
+
+def interleave_domains(
+    datasets: Mapping[str, Rows],
+    proportions: Mapping[str, float],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    num_batches: int | None = None,
+    stopping: str = "first_exhausted",
+    group_by_domain: bool = False,
+    domain_column: str = "domain",
+    start_batch: int = 0,
+) -> hf.Dataset:
+    """One ``datasets.Dataset`` mixing ``datasets`` with exact ``proportions`` in every ``batch_size`` rows.
+
+    ``plan_mixture(datasets, proportions, batch_size, ...).to_dataset(datasets, ...)``: see
+    :func:`plan_mixture` for the arguments and :meth:`MixturePlan.to_dataset` for the result.
+    """
+    plan = plan_mixture(
+        datasets,
+        proportions,
+        batch_size,
+        seed=seed,
+        num_batches=num_batches,
+        stopping=stopping,
+        group_by_domain=group_by_domain,
+    )
+    return plan.to_dataset(datasets, domain_column=domain_column, start_batch=start_batch)
+
+
+def check_trl_compatible(args: Any, batch_size: int, *, world_size: int | None = None) -> int:
+    """Check that TRL's ``GRPOTrainer`` (trl 1.16) reads a mixed dataset in blocks of ``batch_size``.
+
+    Returns the number of unique prompts per generation batch, which ``batch_size`` must equal:
+
+    ``generation_batch_size // num_generations``, where ``generation_batch_size =
+    per_device_train_batch_size · world_size · steps_per_generation`` and ``steps_per_generation``
+    defaults to ``gradient_accumulation_steps`` (``GRPOConfig.__post_init__``,
+    trl/trainer/grpo_config.py lines 1096-1112). ``_get_train_sampler`` (grpo_trainer.py lines
+    1309-1316) builds ``RepeatSampler(batch_size=generation_batch_size // num_generations,
+    mini_repeat_count=num_generations, repeat_count=num_iterations · steps_per_generation,
+    shuffle=shuffle_dataset)``: with ``shuffle_dataset=False`` it cuts the dataset, in order, into
+    chunks of that many prompts (dropping a last partial chunk) and each chunk is one generation
+    batch, split over the ranks. With ``shuffle_dataset=True`` (the default) it permutes the whole
+    dataset first, which destroys the per-batch counts.
+
+    ``args`` is a ``GRPOConfig`` or any object with its attributes. ``world_size`` defaults to
+    ``args.world_size`` (the processes the config was built in); when given, the generation batch
+    is computed for it and must agree with ``args.generation_batch_size``.
+
+    Warns when ``gradient_accumulation_steps`` is not a multiple of ``steps_per_generation``: an
+    optimizer step then sees part of a generation batch, picked by TRL's unseeded in-rank shuffle
+    (``shuffle_sequence_dict``, grpo_trainer.py line 1543), so the counts hold per generation
+    batch but not per optimizer step.
+    """
+    if getattr(args, "shuffle_dataset", True):
+        raise ValueError(
+            "shuffle_dataset=True makes GRPOTrainer's RepeatSampler permute the dataset, which breaks the "
+            "per-batch domain counts; set shuffle_dataset=False (the mixed dataset is already shuffled)."
+        )
+    num_generations = args.num_generations
+    per_device = args.per_device_train_batch_size
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    if world_size is None:
+        world_size = getattr(args, "world_size", 1)
+    steps = getattr(args, "steps_per_generation", None)
+    generation = getattr(args, "generation_batch_size", None)
+    if steps is None:  # a config that GRPOConfig.__post_init__ has not completed
+        steps = generation // (per_device * world_size) if generation else accumulation
+    expected = per_device * world_size * steps
+    if generation is None:
+        generation = expected
+    elif generation != expected:
+        raise ValueError(
+            f"generation_batch_size={generation} does not match world_size={world_size}: "
+            f"per_device_train_batch_size={per_device} x world_size={world_size} x steps_per_generation={steps} "
+            f"= {expected}; build the config in the training processes (or pass their world_size)."
+        )
+    if generation % num_generations:
+        raise ValueError(f"generation_batch_size={generation} is not divisible by num_generations={num_generations}.")
+    prompts = generation // num_generations
+    if batch_size != prompts:
+        raise ValueError(
+            f"batch_size={batch_size} but GRPOTrainer takes {prompts} unique prompts per generation batch "
+            f"(generation_batch_size={generation} = per_device_train_batch_size={per_device} x world_size="
+            f"{world_size} x steps_per_generation={steps}, divided by num_generations={num_generations}); "
+            f"mix with batch_size={prompts}."
+        )
+    if accumulation % steps:
+        warnings.warn(
+            f"gradient_accumulation_steps={accumulation} is not a multiple of steps_per_generation={steps}: "
+            "the domain counts hold per generation batch, not per optimizer step.",
+            stacklevel=2,
+        )
+    return prompts
