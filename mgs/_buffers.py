@@ -39,7 +39,6 @@ def _ceil_chunks(numel: int) -> int:
 @dataclass
 class Slot:
     param: torch.Tensor
-    name: str
     group: int
     offset: int
     numel: int
@@ -98,7 +97,7 @@ def build_buckets(partition: Partition, shard_group: object | None, cap: int = B
             bucket = Bucket(local.dtype, local.device, pgroup)
             open_buckets[key] = bucket
             buckets.append(bucket)
-        bucket.slots.append(Slot(param, names[0], group, bucket.numel, local.numel(), local.shape, spec))
+        bucket.slots.append(Slot(param, group, bucket.numel, local.numel(), local.shape, spec))
         bucket.numel += size
     for bucket in buckets:
         if bucket.numel == 0:  # only empty shards: keep one zero chunk so shapes stay regular
@@ -120,7 +119,6 @@ class DomainBuffers:
 
     def __init__(self, partition: Partition, shard_group: object | None = None, cap: int = BUCKET_CAP):
         self.buckets = build_buckets(partition, shard_group, cap)
-        self.num_rows = 0
         self._attached: list[tuple[Slot, torch.Tensor, torch.Tensor]] | None = None
 
     @property
@@ -129,7 +127,6 @@ class DomainBuffers:
 
     def open(self, num_rows: int) -> None:
         """Allocate zeroed ``[num_rows, n]`` buffers and take over any gradient already in ``p.grad``."""
-        self.num_rows = num_rows
         for b in self.buckets:
             b.data = torch.zeros(num_rows, b.numel, dtype=b.dtype, device=b.device)
         self.collect_strays()
@@ -142,7 +139,6 @@ class DomainBuffers:
             data = torch.zeros(num_rows, b.numel, dtype=b.dtype, device=b.device)
             data[old_to_new] = b.data
             b.data = data
-        self.num_rows = num_rows
 
     def collect_strays(self) -> None:
         """Move gradients written outside any domain into the shared row and clear ``p.grad``."""
