@@ -1,17 +1,22 @@
 """``MGSGRPOTrainer``: ``GRPOTrainer`` whose domains' gradients go through :mod:`mgs` surgery.
 
 How the gradients are split, without touching TRL's loss code: during a training step,
-``_get_per_token_logps_and_entropies`` hands the stock loss *leaf copies* of the per-token
-log-probabilities, entropies and MoE auxiliary loss, and keeps the real tensors. Stock
-``training_step`` then runs unchanged (loss, gradient-accumulation scaling, GradScaler,
-``accelerator.backward``), but its backward stops at those leaves. Their ``.grad`` is exactly the
-upstream gradient stock GRPO would propagate into the model, for every ``loss_type``. Split by the
-rows' domains, each part is backpropagated through the model inside ``surgery.domain(d)``. The
-auxiliary loss goes through ``surgery.shared()``. At the accumulation boundary, ``surgery.apply()``
-writes ``p.grad`` before the trainer clips and steps.
+``_get_per_token_logps_and_entropies`` runs the model once per domain on that domain's rows and hands
+the stock loss *leaf copies* of the per-token log-probabilities and entropies, reassembled in the
+micro-batch's row order; it keeps the real per-domain tensors. Stock ``training_step`` then runs
+unchanged (loss, gradient-accumulation scaling, GradScaler, ``accelerator.backward``), but its
+backward stops at those leaves. Their ``.grad`` is exactly the upstream gradient stock GRPO would
+propagate into the model, for every ``loss_type``. Each domain's rows of it are backpropagated
+through that domain's forward inside ``surgery.domain(d)``: K domains cost one backward of the
+micro-batch, not K. (With image inputs or a MoE auxiliary loss the forward cannot be split by row:
+one forward, then K masked backward passes; the auxiliary loss goes through ``surgery.shared()``.)
+At the accumulation boundary, ``surgery.apply()`` writes ``p.grad`` before the trainer clips and
+steps.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from accelerate.utils import DistributedType, gather
@@ -23,6 +28,36 @@ from trl_mgs.config import MGSGRPOConfig
 DOMAIN_IDS = "mgs_domain_ids"
 """Key of the per-row domain index in TRL's generation batch (it survives buffering, shuffling and splitting)."""
 
+ROW_ALIGNED_INPUTS = ("token_type_ids", "mm_token_type_ids")
+"""Extra model inputs of ``_get_per_token_logps_and_entropies`` that are indexed by row like ``input_ids``."""
+
+
+@dataclass
+class _Capture:
+    """One forward of a training micro-batch: per domain (id, its rows, its real outputs) and the leaves the
+    stock loss saw. ``masked``: the outputs cover the whole micro-batch (one forward), so each domain's pass
+    masks the other rows' gradient; otherwise each domain's outputs come from a forward of its rows only."""
+
+    parts: list[tuple[int, torch.Tensor, tuple[torch.Tensor | None, ...]]]
+    leaves: tuple[torch.Tensor | None, ...]
+    masked: bool
+    aux: torch.Tensor | None
+
+
+def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A detached copy the stock loss differentiates: its ``.grad`` is the upstream gradient at ``t``."""
+    return t.detach().requires_grad_() if t is not None and t.requires_grad else t
+
+
+def _scatter_rows(parts: list[torch.Tensor | None], rows: list[torch.Tensor], n: int) -> torch.Tensor | None:
+    """Reassemble per-domain row blocks into one [n, ...] leaf in the micro-batch's row order."""
+    if parts[0] is None:
+        return None
+    out = parts[0].new_empty((n, *parts[0].shape[1:]))
+    for block, index in zip(parts, rows):
+        out.index_copy_(0, index, block.detach())
+    return out.requires_grad_(parts[0].requires_grad)
+
 
 class MGSGRPOTrainer(GRPOTrainer):
     """A drop-in ``GRPOTrainer`` for multi-domain data: pass an :class:`MGSGRPOConfig` and a dataset with a
@@ -32,16 +67,15 @@ class MGSGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, MGSGRPOConfig):
             raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig; got {type(self.args).__name__}.")
-        dp_group = None
-        if self.accelerator.num_processes > 1:
-            kind = self.accelerator.distributed_type
-            if kind not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-                # FSDP's and DeepSpeed's hooks would reduce every domain's backward into whichever buffer is active.
-                raise NotImplementedError(
-                    f"MGSGRPOTrainer supports single-process and DDP (MULTI_CPU / MULTI_GPU) training; got {kind}."
-                )
-            # DDP: forward and backward run under no_sync(); surgery averages each domain over the ranks.
-            dp_group = torch.distributed.group.WORLD
+        kind = self.accelerator.distributed_type
+        if kind != DistributedType.NO and not kind.name.startswith("MULTI_"):
+            # FSDP's and DeepSpeed's hooks reduce every domain's backward into whichever buffer is active.
+            raise NotImplementedError(
+                f"MGSGRPOTrainer supports one process and DDP (distributed type MULTI_CPU / MULTI_GPU / ...); got {kind}. "
+                "For FSDP2, use mgs.GradientSurgery directly on a fully_shard model (docs/core.md)."
+            )
+        # DDP: forward and backward run under no_sync(); surgery averages each domain over the ranks.
+        dp_group = torch.distributed.group.WORLD if self.accelerator.num_processes > 1 else None
         found = self._domains_in_dataset()
         domains = self.args.domains or found
         if found is not None and self.args.domains:
@@ -112,13 +146,33 @@ class MGSGRPOTrainer(GRPOTrainer):
             metrics[f"mgs/completion_length/{name}"].append(float(lengths[rows].mean()) if present else nan)
 
     # ------------------------------------------------------------------ per-domain backward
-    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
-        logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **extra):
+        stock = super()._get_per_token_logps_and_entropies
         if self._captured is None or not torch.is_grad_enabled():  # generation-time and reference passes
-            return logps, entropies, aux_loss
-        real = (logps, entropies, aux_loss)
-        leaves = tuple(t.detach().requires_grad_() if t is not None and t.requires_grad else t for t in real)
-        self._captured.append((real, leaves))
+            return stock(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                         compute_aux_loss, **extra)
+        row_domains = self._row_domains
+        if compute_aux_loss or any(v is not None for k, v in extra.items() if k not in ROW_ALIGNED_INPUTS):
+            # A batch-level aux loss or image inputs do not split by row: one forward, K masked backward passes.
+            real = stock(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                         compute_aux_loss, **extra)
+            parts = [(d, (row_domains == d).nonzero().squeeze(1), real[:2]) for d in row_domains.unique().tolist()]
+            leaves = tuple(_leaf(t) for t in real)
+            self._captured.append(_Capture(parts, leaves, masked=True, aux=real[2]))
+            return leaves
+        # One forward per domain on its rows: the backward passes then cost what one backward of the whole
+        # micro-batch costs. The loss still sees every row in stock order, so it is unchanged.
+        parts = []
+        for d in row_domains.unique().tolist():
+            rows = (row_domains == d).nonzero().squeeze(1)
+            sub = {k: (v.index_select(0, rows) if v is not None else None) for k, v in extra.items()}
+            logps, entropies, _ = stock(model, input_ids.index_select(0, rows), attention_mask.index_select(0, rows),
+                                        logits_to_keep, batch_size, compute_entropy, False, **sub)
+            parts.append((d, rows, (logps, entropies)))
+        leaves = tuple(_scatter_rows([p[2][i] for p in parts], [p[1] for p in parts], len(row_domains))
+                       for i in range(2)) + (None,)
+        self._captured.append(_Capture(parts, leaves, masked=False, aux=None))
         return leaves
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -134,29 +188,35 @@ class MGSGRPOTrainer(GRPOTrainer):
                 captured = self._captured
             finally:
                 self._captured = None
-            for real, leaves in captured:
-                self._backward_by_domain(real, leaves, self._row_domains)
+            for capture in captured:
+                self._backward_by_domain(capture)
         if self.accelerator.sync_gradients:
             stats = self.surgery.apply(step=self.state.global_step)
             self._log_surgery(stats)
         return loss
 
-    def _backward_by_domain(self, real, leaves, row_domains: torch.Tensor) -> None:
-        """Backpropagate each domain's rows of the upstream gradient into that domain's buffer."""
-        pairs = [(t, leaf.grad) for t, leaf in zip(real[:2], leaves[:2]) if t is not None and leaf.grad is not None]
-        present = row_domains.unique().tolist()
-        for i, d in enumerate(present):
-            mask = (row_domains == d).unsqueeze(1)
+    def _backward_by_domain(self, capture: _Capture) -> None:
+        """Backpropagate each domain's rows of the upstream gradient (at the leaves) into that domain's buffer."""
+        for i, (d, rows, real) in enumerate(capture.parts):
+            outputs, grads = [], []
+            for t, leaf in zip(real, capture.leaves):
+                if t is None or leaf is None or leaf.grad is None:
+                    continue
+                outputs.append(t)
+                if capture.masked:  # every domain's pass runs through the whole micro-batch's graph
+                    mask = torch.zeros(leaf.grad.size(0), 1, dtype=leaf.grad.dtype, device=leaf.grad.device)
+                    grads.append(leaf.grad * mask.index_fill_(0, rows, 1))
+                else:
+                    grads.append(leaf.grad.index_select(0, rows))
+            if not outputs:
+                continue
+            retain = capture.masked and (i < len(capture.parts) - 1 or capture.aux is not None)
             with self.surgery.domain(self.surgery.domains[d]):
-                torch.autograd.backward(
-                    [t for t, _ in pairs],
-                    [g * mask for _, g in pairs],
-                    retain_graph=i < len(present) - 1 or real[2] is not None,
-                )
-        aux, aux_leaf = real[2], leaves[2]
-        if aux is not None and aux_leaf is not None and aux_leaf.grad is not None:
+                torch.autograd.backward(outputs, grads, retain_graph=retain)
+        aux_leaf = capture.leaves[2]
+        if capture.aux is not None and aux_leaf is not None and aux_leaf.grad is not None:
             with self.surgery.shared():
-                aux.backward(aux_leaf.grad)
+                capture.aux.backward(aux_leaf.grad)
 
     def _log_surgery(self, stats: dict[str, torch.Tensor]) -> None:
         metrics = self._metrics["train"]

@@ -80,9 +80,9 @@ def make_stub_mgs_trainer_class():
 
         domains_per_microbatch: list[int]
 
-        def _backward_by_domain(self, real, leaves, row_domains):
-            self.__dict__.setdefault("domains_per_microbatch", []).append(len(row_domains.unique()))
-            super()._backward_by_domain(real, leaves, row_domains)
+        def _backward_by_domain(self, capture):
+            self.__dict__.setdefault("domains_per_microbatch", []).append(len(capture.parts))
+            super()._backward_by_domain(capture)
 
     return StubMGSGRPOTrainer
 

@@ -61,6 +61,58 @@ def test_surgery_none_trains_like_stock(tmp_path, loss_type, grad_accum, iterati
     assert any("mgs/conflict_frac" in h for h in history)
 
 
+def tiny_moe_model():
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    torch.manual_seed(0)
+    config = Qwen2MoeConfig(
+        vocab_size=48, hidden_size=16, intermediate_size=32, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        num_experts=4, num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.5,
+        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+
+def test_moe_aux_loss_path_trains_like_stock(tmp_path):
+    """A MoE load-balancing loss does not split by row: one forward, masked per-domain backward passes, the aux
+    loss through shared(). surgery="none" still equals stock."""
+    def run(cls, config_cls, out, **kw):
+        args = config_cls(output_dir=str(out), max_steps=2, **(COMMON | {"gradient_accumulation_steps": 2} | kw))
+        recorder = GradRecorder()
+        trainer = cls(model=tiny_moe_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+                      processing_class=tiny_tokenizer(), callbacks=[recorder])
+        trainer.train()
+        return trainer, recorder.grads
+
+    stock, stock_grads = run(StubGRPOTrainer, GRPOConfig, tmp_path / "stock")
+    assert stock.aux_loss_enabled
+    trainer, grads = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, tmp_path / "mgs", surgery="none")
+    assert max(trainer.domains_per_microbatch) >= 2
+    for g, s in zip(grads, stock_grads):
+        assert sum(float(v.norm()) for v in s.values()) > 0
+        for n in s:
+            assert torch.allclose(g[n], s[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_backward_cost_does_not_grow_with_domains(tmp_path):
+    """Rows through the decoder's backward per step equal stock's: each domain's backward covers its own rows."""
+    def backward_rows(cls, config_cls, out, **kw):
+        args = config_cls(output_dir=str(out), max_steps=2, **(COMMON | kw))
+        model = tiny_model()
+        rows = []
+        model.model.layers[-1].register_full_backward_hook(lambda m, gin, gout: rows.append(gout[0].shape[0]))
+        trainer = cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer())
+        trainer.train()
+        return trainer, sum(rows), len(rows)
+
+    _, stock_rows, _ = backward_rows(StubGRPOTrainer, GRPOConfig, tmp_path / "stock")
+    trainer, rows, passes = backward_rows(make_stub_mgs_trainer_class(), MGSGRPOConfig, tmp_path / "mgs")
+    assert min(trainer.domains_per_microbatch) >= 2  # every micro-batch mixes domains
+    assert passes == sum(trainer.domains_per_microbatch)  # one backward per (micro-batch, domain) ...
+    assert rows == stock_rows > 0  # ... each over that domain's rows only
+
+
 def test_modular_changes_the_update_and_logs_surgery_stats(tmp_path):
     cls = make_stub_mgs_trainer_class()
     _, none_grads, _ = _train(cls, MGSGRPOConfig, tmp_path / "none", 2, surgery="none")
@@ -110,6 +162,18 @@ def test_domain_column_errors_and_remove_unused_columns(tmp_path):
     assert trainer.state.global_step == 1
 
 
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_strategies_are_refused_at_init(tmp_path, monkeypatch, kind):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **COMMON)
+    with pytest.raises(NotImplementedError, match=rf"one process and DDP.*got DistributedType.{kind}"):
+        make_stub_mgs_trainer_class()(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+                                      processing_class=tiny_tokenizer())
+
+
 def test_lora_only_adapters_get_buffers(tmp_path):
     peft = pytest.importorskip("peft")
     cls = make_stub_mgs_trainer_class()
@@ -136,6 +200,27 @@ def test_defaults_bf16_and_gradient_checkpointing_run_on_cpu(tmp_path):
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert len(changed) > len(before) // 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_fp16_grad_scaler_routes_every_backward(tmp_path):
+    """With a GradScaler (fp16 on GPU; set by hand here since CPU accelerate has none), every domain's backward
+    carries the scale: the pre-step gradients are the unscaled run's times the scale, and the scaler unscales
+    them before the optimizer step, so parameters match the unscaled run."""
+    scale = 2.0**10  # a power of two: scaling is exact, and PCGrad's decisions are scale-invariant
+
+    class ScaledTrainer(make_stub_mgs_trainer_class()):
+        def create_optimizer(self):
+            self.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**6)
+            return super().create_optimizer()
+
+    plain, plain_grads, plain_params = _train(make_stub_mgs_trainer_class(), MGSGRPOConfig, tmp_path / "plain", 2)
+    scaled, grads, params = _train(ScaledTrainer, MGSGRPOConfig, tmp_path / "scaled", 2)
+    assert scaled.accelerator.scaler.get_scale() == scale  # no step was skipped
+    for g, p in zip(grads, plain_grads):
+        for n in p:
+            assert torch.allclose(g[n], p[n] * scale, rtol=1e-5, atol=1e-7 * scale), n
+    for n in plain_params:
+        assert torch.allclose(params[n], plain_params[n], rtol=1e-5, atol=1e-6), n
 
 
 @pytest.mark.distributed
