@@ -32,6 +32,12 @@ class MGSGRPOConfig(GRPOConfig):
         `domain_column` from the training dataset.
     surgery_seed (`int` or `None`, *optional*, defaults to `None`):
         Seeds PCGrad's projection orders together with the global step. `None` uses `seed`.
+    order_by_domain (`bool`, *optional*, defaults to `True`):
+        Stable-sort each generation batch by domain (after TRL's shuffle, before its split into
+        `steps_per_generation` micro-batches), so that most micro-batches hold one domain: one forward
+        and backward each, not one per domain. The gradient is unchanged except with `loss_type="bnpo"`,
+        `top_entropy_quantile < 1` or a MoE auxiliary loss, which depend on the micro-batch's make-up: for
+        those it is skipped. Per-micro-batch averages TRL logs (entropy, clip ratios) are grouped differently.
     """
 
     surgery: str = field(
@@ -57,6 +63,12 @@ class MGSGRPOConfig(GRPOConfig):
     surgery_seed: int | None = field(
         default=None,
         metadata={"help": "Seed of PCGrad's projection orders (with the global step); default: `seed`."},
+    )
+
+    order_by_domain: bool = field(
+        default=True,
+        metadata={"help": "Sort each generation batch by domain before it is split into micro-batches (same gradient, "
+                          "fewer backward passes); skipped for loss_type='bnpo', top_entropy_quantile < 1 and MoE auxiliary losses."},
     )
 
     def __post_init__(self):

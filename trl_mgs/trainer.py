@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import DistributedType, gather
 from trl import GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
 
 import mgs
 from trl_mgs.config import MGSGRPOConfig
@@ -47,6 +48,29 @@ class _Capture:
 def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
     """A detached copy the stock loss differentiates: its ``.grad`` is the upstream gradient at ``t``."""
     return t.detach().requires_grad_() if t is not None and t.requires_grad else t
+
+
+def _regroup_by_domain(batches: list[dict]) -> list[dict]:
+    """The same rows in the same number of micro-batches, stable-sorted by domain (TRL's shuffle order within a
+    domain), so that most micro-batches hold one domain. Image batches are left as they are."""
+    if any("pixel_values" in b and b["pixel_values"] is not None for b in batches):
+        return batches
+    merged = {}
+    for key, first in batches[0].items():
+        values = [b[key] for b in batches]
+        if first is None or (isinstance(first, torch.Tensor) and first.ndim == 0):
+            merged[key] = first  # per-batch constants (e.g. num_items_in_batch) are the same in every split
+        elif isinstance(first, torch.Tensor):
+            merged[key] = torch.cat(values)
+        else:
+            merged[key] = [row for value in values for row in value]
+    order = torch.argsort(merged[DOMAIN_IDS], stable=True)
+    for key, value in merged.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            merged[key] = value[order.to(value.device)]
+        elif isinstance(value, list):
+            merged[key] = [value[i] for i in order.tolist()]
+    return split_tensor_dict(merged, len(batches))
 
 
 def _scatter_rows(parts: list[torch.Tensor | None], rows: list[torch.Tensor], n: int) -> torch.Tensor | None:
@@ -88,6 +112,9 @@ class MGSGRPOTrainer(GRPOTrainer):
             raise ValueError(
                 "MGSGRPOConfig.domains must be set when the training dataset has no column list (e.g. an IterableDataset)."
             )
+        # Domain-pure micro-batches leave the gradient unchanged unless a term depends on the micro-batch's make-up.
+        self.orders_by_domain = (self.args.order_by_domain and self.args.loss_type != "bnpo"
+                                 and self.args.top_entropy_quantile >= 1.0 and not self.aux_loss_enabled)
         options = self.args.surgery_options(domains=domains)
         self.surgery = mgs.GradientSurgery(self.model, **vars(options), dp_group=dp_group)
         self._captured: list | None = None
@@ -125,6 +152,15 @@ class MGSGRPOTrainer(GRPOTrainer):
         if self.model.training:
             self._log_domain_metrics(output[DOMAIN_IDS], output["completion_mask"].sum(dim=1))
         return output
+
+    def _prepare_inputs(self, generation_batch):
+        before = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        regenerated = self.model.training and self._buffered_inputs is not before
+        if regenerated and self.orders_by_domain and len(self._buffered_inputs) > 1:
+            self._buffered_inputs = _regroup_by_domain(self._buffered_inputs)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

@@ -26,9 +26,11 @@ def run(cls, config_cls, out, **kw):
 out = os.environ["OUT_DIR"]
 rank = int(os.environ["RANK"])
 _, stock = run(StubGRPOTrainer, GRPOConfig, out + "/stock", gradient_accumulation_steps=2)
-_, none = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out + "/none", surgery="none", gradient_accumulation_steps=2)
+# TRL's shuffled order (mixed micro-batches: the per-domain split is exercised); modular sorts by domain (default)
+unsorted, none = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out + "/none", surgery="none",
+                     gradient_accumulation_steps=2, order_by_domain=False)
 modular, modular_grads = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out + "/modular", surgery="modular",
                              gradient_accumulation_steps=2)
 stats = [h for h in modular.state.log_history if "mgs/conflict_frac" in h]
 torch.save({"stock": stock, "none": none, "modular": modular_grads, "stats": stats,
-            "domains_per_microbatch": modular.domains_per_microbatch}, f"{out}/rank{rank}.pt")
+            "domains_per_microbatch": unsorted.domains_per_microbatch}, f"{out}/rank{rank}.pt")
