@@ -15,6 +15,7 @@ from typing import Union
 SURGERY_MODES = ("none", "global", "modular")
 GRANULARITIES = ("parameter", "module", "block", "layer")
 ON_NONFINITE = ("propagate", "raise")
+BALANCES = ("none", "norm")
 
 Granularity = Union[str, "re.Pattern[str]", Callable[[str], str]]
 
@@ -55,8 +56,15 @@ class SurgeryOptions:
             regular expression (the first match in a parameter's name is its group key; names without a
             match form their own group) or a callable from parameter name to group key. Statistics are
             reported per group for every ``surgery`` mode.
-        method: ``"pcgrad"``, or a callable ``(gram [M, K, K] float64, generator) -> weights [M, K]``
-            (see :mod:`mgs.methods`). Ignored by ``surgery="none"``.
+        method: ``"pcgrad"``, a TorchJD weighting by name (``"upgrad"``, ``"mgda"``, ``"dualproj"``,
+            ``"aligned_mtl"``, ``"imtl_g"``, ``"gradvac"``, ``"cagrad"``; the ``torchjd`` extra) or as a
+            ``torchjd.aggregation`` Weighting instance, or a callable ``(gram [M, K, K] float64, generator)
+            -> weights [M, K]`` (see :mod:`mgs.methods`). Ignored by ``surgery="none"``.
+        balance: ``"none"`` or ``"norm"``: before the method, rescale each domain's gradient to the mean norm
+            of the domains present (per group for ``"modular"``, over the whole model for ``"global"`` and
+            ``"none"``; ``surgery="none", balance="norm"`` is the equal-norm baseline without projection).
+        gram_ema: decay in [0, 1) of an exponential moving average of each group's Gram matrix from which
+            the method's weights are computed (applied to the current gradients); 0 is per-step surgery.
         domains: the ordered domain names, fixed for the run; ``None`` discovers them on first use.
         seed: seeds the method's random choices together with the step (PCGrad's projection orders).
         on_nonfinite: ``"propagate"`` leaves non-finite gradients for the training framework to handle
@@ -69,9 +77,11 @@ class SurgeryOptions:
     domains: Sequence[str] | None = None  # stored as a tuple
     seed: int = 0
     on_nonfinite: str = "propagate"
+    balance: str = "none"
+    gram_ema: float = 0.0
 
     def __post_init__(self) -> None:
-        from mgs.methods import METHODS  # local import: methods import nothing from here
+        from mgs.methods import METHOD_NAMES  # local import: methods import nothing from here
 
         _choice("surgery", self.surgery, SURGERY_MODES)
         if isinstance(self.granularity, str):
@@ -84,10 +94,13 @@ class SurgeryOptions:
         elif not (isinstance(self.granularity, re.Pattern) or callable(self.granularity)):
             raise TypeError(f"granularity must be a string, a compiled regex or a callable; got {self.granularity!r}.")
         if isinstance(self.method, str):
-            _choice("method", self.method, tuple(METHODS))
+            _choice("method", self.method, METHOD_NAMES)
         elif not callable(self.method):
-            raise TypeError(f"method must be one of {tuple(METHODS)} or a callable; got {self.method!r}.")
+            raise TypeError(f"method must be one of {METHOD_NAMES} or a callable; got {self.method!r}.")
         object.__setattr__(self, "domains", validate_domains(self.domains))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int; got {self.seed!r}.")
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        _choice("balance", self.balance, BALANCES)
+        if isinstance(self.gram_ema, bool) or not isinstance(self.gram_ema, (int, float)) or not 0 <= self.gram_ema < 1:
+            raise ValueError(f"gram_ema={self.gram_ema!r} is not supported; give a decay in [0, 1) (0: no smoothing).")

@@ -10,14 +10,16 @@ import torch
 from torch import nn
 
 from mgs._apply import combine_bucket
+from mgs._balance import balance_scales, balanced_gram
 from mgs._buffers import BUCKET_CAP, DomainBuffers
 from mgs._collectives import agree_domains, average_replicas, is_distributed, sum_partial_grams
 from mgs._fsdp2 import fsdp2_modules, held_back_gradients
 from mgs._gram import local_grams
+from mgs._gram_ema import GramEMA
 from mgs._options import Granularity, SurgeryOptions
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
-from mgs.methods import METHODS, step_generator
+from mgs.methods import pcgrad_weights, resolve_method, step_generator
 
 
 _NO_CONTEXT = object()
@@ -60,7 +62,8 @@ class GradientSurgery:
         model: an ``nn.Module`` (plain, FSDP2 ``fully_shard``-ed, or DDP) or an iterable of
             ``(name, parameter)``. Only parameters with ``requires_grad`` take part; a tensor under
             several names (tied weights) is one parameter.
-        surgery, granularity, method, domains, seed, on_nonfinite: see :class:`mgs.SurgeryOptions`.
+        surgery, granularity, method, domains, seed, on_nonfinite, balance, gram_ema: see
+            :class:`mgs.SurgeryOptions`.
         dp_group: a process group over which the domains' gradients are *replicated* (data parallel
             without gradient sync, e.g. DDP under ``no_sync()``): apply() averages each domain's
             buffer over it before surgery, as DDP would. Defaults to the DDP wrapper's group when
@@ -84,6 +87,8 @@ class GradientSurgery:
         domains: Sequence[str] | None = None,
         seed: int = 0,
         on_nonfinite: str = "propagate",
+        balance: str = "none",
+        gram_ema: float = 0.0,
         *,
         dp_group: object | None = None,
         shard_group: object | None = None,
@@ -96,6 +101,8 @@ class GradientSurgery:
             domains=domains,
             seed=seed,
             on_nonfinite=on_nonfinite,
+            balance=balance,
+            gram_ema=gram_ema,
         )
         self._ddp = _reject_unsupported(model)
         if self._ddp is not None and dp_group is None:
@@ -105,7 +112,8 @@ class GradientSurgery:
         self.partition = Partition.build(model, granularity)
         self._buffers = DomainBuffers(self.partition, shard_group, bucket_cap)
         self._device = self._buffers.buckets[0].device
-        self._method = METHODS[method] if isinstance(method, str) else method
+        self._method = resolve_method(method) if surgery != "none" else None
+        self._ema = GramEMA(gram_ema) if gram_ema > 0 and surgery != "none" else None
         self._domains: list[str] = list(self.options.domains or ())
         self._discover = self.options.domains is None
         self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
@@ -210,24 +218,41 @@ class GradientSurgery:
             self._buffers.resize(len(agreed), [agreed.index(d) for d in local])
         self._domains, self._agreed = agreed, len(agreed)
 
-    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int) -> torch.Tensor | None:
-        """``[M, K]`` weights (M = groups, or 1 for global); groups with non-finite gradients get the plain sum.
-        ``None`` for ``surgery="none"``: the plain sum everywhere."""
-        if self.options.surgery == "none":
-            return None
+    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int):
+        """``(weights [M, K] or None, projected [M, K, K] or None)``: M = groups for modular, 1 for the whole
+        model. Groups with non-finite gradients get the plain sum. ``None`` weights: the plain sum everywhere."""
+        o = self.options
+        if o.surgery == "none" and o.balance == "none":
+            return None, None
         bad_pairs = nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1)
-        clean = torch.where(bad_pairs, 0.0, gram)
-        if self.options.surgery == "global":
-            clean, bad = clean.sum(0, keepdim=True), nonfinite.any().reshape(1)
-        else:
+        current = torch.where(bad_pairs, 0.0, gram)
+        if o.surgery == "modular":
             bad = nonfinite.any(dim=1)
-        weights = self._method(clean, step_generator(self.options.seed, step))
-        if not isinstance(weights, torch.Tensor) or weights.shape != clean.shape[:2]:
+        else:  # balancing and decisions over the whole model
+            current, bad = current.sum(0, keepdim=True), nonfinite.any().reshape(1)
+        scales = balance_scales(current) if o.balance == "norm" else None
+        if o.surgery == "none":
+            return torch.where(bad.unsqueeze(1), 1.0, scales), None
+        decide = current
+        if self._ema is not None:
+            decide = self._ema.update(current, current.diagonal(dim1=1, dim2=2) > 0)
+        if scales is not None:
+            decide = balanced_gram(decide, scales)
+        generator = step_generator(o.seed, step)
+        projected = None
+        if self._method is pcgrad_weights:
+            weights, projected = pcgrad_weights(decide, generator, return_projections=True)
+        else:
+            weights = self._method(decide, generator)
+        if not isinstance(weights, torch.Tensor) or weights.shape != decide.shape[:2]:
             raise ValueError(
-                f"method {self.options.method!r} returned {getattr(weights, 'shape', type(weights))}; "
-                f"expected weights of shape {tuple(clean.shape[:2])} (groups × domains)."
+                f"method {o.method!r} returned {getattr(weights, 'shape', type(weights))}; "
+                f"expected weights of shape {tuple(decide.shape[:2])} (groups × domains)."
             )
-        return torch.where(bad.unsqueeze(1), 1.0, weights.to(gram.dtype))
+        weights = weights.to(gram.dtype)
+        if scales is not None:
+            weights = weights * scales
+        return torch.where(bad.unsqueeze(1), 1.0, weights), projected
 
     def apply(self, step: int | None = None) -> dict[str, torch.Tensor]:
         """Combine the domains' buffers into ``p.grad``; return statistics (tensors).
@@ -265,16 +290,20 @@ class GradientSurgery:
             bad = [(self.partition.group_names[g], self._domains[d]) for g, d in nonfinite.nonzero().tolist()]
             buffers.release()
             raise FloatingPointError(f"non-finite gradients in (group, domain) {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
-        weights = self._weights(gram, nonfinite, step)
+        weights, projected = self._weights(gram, nonfinite, step)
         for bucket in buffers.buckets:
             combine_bucket(bucket, weights, self._dp_group)
         self._step = step + 1
-        return surgery_stats(gram, nonfinite, self._domains, self._kind_masks)
+        projects = self.options.surgery == "none" or self._method is pcgrad_weights
+        return surgery_stats(gram, nonfinite, self._domains, self._kind_masks, weights, projected, projects)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The step counter, seed and domain list: all the state surgery has."""
-        return {"step": self._step, "seed": self.options.seed, "domains": list(self._domains)}
+        """The step counter, seed and domain list, and the Gram EMA when ``gram_ema > 0``: all the state surgery has."""
+        state = {"step": self._step, "seed": self.options.seed, "domains": list(self._domains)}
+        if self._ema is not None:
+            state["gram_ema"] = self._ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         domains = list(state["domains"])
@@ -285,3 +314,8 @@ class GradientSurgery:
         self._domains = domains
         self._agreed = len(domains) if self._discover and is_distributed() else self._agreed
         self._step = int(state["step"])
+        if self._ema is not None:
+            if "gram_ema" not in state:
+                raise ValueError("the checkpoint has no Gram EMA state but gram_ema > 0 is configured; resume with the "
+                                 "settings it was saved with, or start a new run.")
+            self._ema.load_state_dict(state["gram_ema"], self._device)

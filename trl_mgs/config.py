@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from mgs import GRANULARITIES, METHODS, SURGERY_MODES, SurgeryOptions
+from mgs import GRANULARITIES, SURGERY_MODES, SurgeryOptions
+from mgs._options import BALANCES
+from mgs.methods import METHOD_NAMES
 
 
 @dataclass
@@ -24,7 +26,15 @@ class MGSGRPOConfig(GRPOConfig):
         `"module"` (each leaf module), `"block"` (attention / MLP / the rest of each decoder layer) or
         `"layer"` (each decoder layer). LoRA adapters count as their base module.
     surgery_method (`str`, *optional*, defaults to `"pcgrad"`):
-        The method applied per module. Ignored by `surgery="none"`.
+        The method applied per module: `"pcgrad"`, or a TorchJD weighting (`"upgrad"`, `"mgda"`, `"dualproj"`,
+        `"aligned_mtl"`, `"imtl_g"`, `"gradvac"`, `"cagrad"`; needs the `torchjd` extra). Ignored by
+        `surgery="none"`.
+    surgery_balance (`str`, *optional*, defaults to `"none"`):
+        `"norm"` rescales each domain's gradient to the mean norm of the domains before the method (per module
+        for `"modular"`, whole model otherwise); with `surgery="none"` it is the equal-norm baseline.
+    surgery_gram_ema (`float`, *optional*, defaults to `0.0`):
+        Decay in [0, 1) of a moving average of each module's Gram matrix from which the method decides (a
+        variant, not the paper's method; 0 decides from the current step only). Saved in checkpoints.
     domain_column (`str`, *optional*, defaults to `"domain"`):
         Dataset column holding each prompt's domain name.
     domains (`list[str]` or `None`, *optional*, defaults to `None`):
@@ -50,7 +60,16 @@ class MGSGRPOConfig(GRPOConfig):
     )
     surgery_method: str = field(
         default="pcgrad",
-        metadata={"help": "The method applied per module (ignored by surgery='none').", "choices": list(METHODS)},
+        metadata={"help": "The method applied per module (ignored by surgery='none').", "choices": list(METHOD_NAMES)},
+    )
+    surgery_balance: str = field(
+        default="none",
+        metadata={"help": "'norm': rescale the domains' gradients to their mean norm before the method.",
+                  "choices": list(BALANCES)},
+    )
+    surgery_gram_ema: float = field(
+        default=0.0,
+        metadata={"help": "Decay in [0, 1) of a moving average of each module's Gram matrix the method decides from."},
     )
     domain_column: str = field(
         default="domain",
@@ -85,4 +104,6 @@ class MGSGRPOConfig(GRPOConfig):
             method=self.surgery_method,
             domains=self.domains if domains is None else domains,
             seed=self.seed if self.surgery_seed is None else self.surgery_seed,
+            balance=self.surgery_balance,
+            gram_ema=self.surgery_gram_ema,
         )

@@ -16,6 +16,7 @@ steps.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,9 @@ from trl.trainer.utils import split_tensor_dict
 
 import mgs
 from trl_mgs.config import MGSGRPOConfig
+
+SURGERY_STATE = "mgs_surgery.pt"
+"""File in each checkpoint folder holding ``GradientSurgery.state_dict()`` (step, seed, domains, Gram EMA)."""
 
 DOMAIN_IDS = "mgs_domain_ids"
 """Key of the per-row domain index in TRL's generation batch (it survives buffering, shuffling and splitting)."""
@@ -253,6 +257,23 @@ class MGSGRPOTrainer(GRPOTrainer):
         if capture.aux is not None and aux_leaf is not None and aux_leaf.grad is not None:
             with self.surgery.shared():
                 capture.aux.backward(aux_leaf.grad)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:  # the state is the same on every rank
+            torch.save(self.surgery.state_dict(), os.path.join(output_dir, SURGERY_STATE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, SURGERY_STATE)
+        if os.path.exists(path):
+            self.surgery.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        elif self.surgery.options.gram_ema > 0:
+            raise FileNotFoundError(f"{path} is missing: the checkpoint holds no Gram EMA for surgery_gram_ema="
+                                    f"{self.surgery.options.gram_ema}. Resume with the settings it was saved with.")
 
     def _log_surgery(self, stats: dict[str, torch.Tensor]) -> None:
         metrics = self._metrics["train"]

@@ -24,8 +24,11 @@ def pcgrad_orders(num_groups: int, num_domains: int, generator: torch.Generator)
     return torch.rand(num_groups, num_domains, num_domains, generator=generator).argsort(dim=-1)
 
 
-def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """PCGrad weights ``[M, K]`` from Gram matrices ``[M, K, K]`` (see the module docstring)."""
+def pcgrad_weights(
+    gram: torch.Tensor, generator: torch.Generator, return_projections: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """PCGrad weights ``[M, K]`` from Gram matrices ``[M, K, K]`` (see the module docstring); with
+    ``return_projections`` also ``[M, K, K]`` booleans: ``[m, i, j]`` when g_i' was projected off g_j."""
     m, k, _ = gram.shape
     orders = pcgrad_orders(m, k, generator)
     if gram.device.type == "cuda":
@@ -35,6 +38,7 @@ def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tens
     coef = torch.eye(k, dtype=gram.dtype, device=gram.device).expand(m, k, k).clone()  # coef[m, i, :] ↔ g_i'
     sq_norm = gram.diagonal(dim1=1, dim2=2)  # [M, K]
     self_index = torch.arange(k, device=gram.device).expand(m, k)
+    projected = torch.zeros(m, k, k, dtype=torch.bool, device=gram.device) if return_projections else None
     for t in range(k):
         j = orders[:, :, t]  # [M, K]: the domain each g_i' meets at step t
         gram_j = gram.gather(1, j.unsqueeze(-1).expand(m, k, k))  # [m, i, :] = G[j(m, i), :]
@@ -43,4 +47,7 @@ def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator) -> torch.Tens
         project = (dot < 0) & (norm_j > 0) & (j != self_index)
         factor = torch.where(project, dot / torch.where(norm_j > 0, norm_j, 1.0), 0.0)
         coef.scatter_add_(2, j.unsqueeze(-1), -factor.unsqueeze(-1))
-    return coef.sum(dim=1)
+        if projected is not None:
+            projected.scatter_(2, j.unsqueeze(-1), project.unsqueeze(-1))  # each (i, j) is met once
+    weights = coef.sum(dim=1)
+    return weights if projected is None else (weights, projected)

@@ -40,10 +40,6 @@ def test_metrics_doc_lists_every_key():
     kinds = set(surgery.group_kinds().values())
     expanded = set()
     for key in _documented_keys():
-        if "{domain}" in key:
-            expanded |= {key.replace("{domain}", d) for d in domains}
-        elif "{kind}" in key:
-            expanded |= {key.replace("{kind}", k) for k in kinds}
-        else:
-            expanded.add(key)
+        names = [key.replace("{domain}", d) for d in domains] if "{domain}" in key else [key]
+        expanded |= {n.replace("{kind}", k) for n in names for k in kinds} if "{kind}" in key else set(names)
     assert emitted == expanded

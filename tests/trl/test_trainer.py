@@ -161,6 +161,13 @@ def test_config_validation_and_cli():
          "--domains", "math", "chat", "--surgery_seed", "5", "--use_cpu", "true", "--report_to", "none"]
     )
     assert (args.surgery, args.surgery_granularity, args.domains, args.surgery_seed) == ("global", "block", ["math", "chat"], 5)
+    (args,) = TrlParser(MGSGRPOConfig).parse_args_into_dataclasses(
+        ["--output_dir", "out", "--surgery_method", "mgda", "--surgery_balance", "norm", "--surgery_gram_ema", "0.9",
+         "--use_cpu", "true", "--report_to", "none"]
+    )
+    assert args.surgery_options(["a", "b"]).method == "mgda" and args.surgery_options(["a"]).gram_ema == 0.9
+    with pytest.raises(ValueError, match=r"gram_ema=1.5 is not supported"):
+        MGSGRPOConfig(output_dir="out", surgery_gram_ema=1.5, use_cpu=True, report_to="none")
     with pytest.raises(SystemExit):
         TrlParser(MGSGRPOConfig).parse_args_into_dataclasses(["--output_dir", "out", "--surgery", "sometimes"])
 
@@ -271,12 +278,14 @@ def test_ddp_two_processes(tmp_path):
     assert max(r0["domains_per_microbatch"] + r1["domains_per_microbatch"]) >= 2
 
 
-def test_resume_continues_identically(tmp_path):
-    """4 steps straight equal 2 steps, a checkpoint, a fresh trainer resuming, and 2 more (modular surgery)."""
+@pytest.mark.parametrize("extra", [{}, {"surgery_gram_ema": 0.5, "surgery_balance": "norm"}], ids=["pcgrad", "ema"])
+def test_resume_continues_identically(tmp_path, extra):
+    """4 steps straight equal 2 steps, a checkpoint, a fresh trainer resuming, and 2 more (modular surgery; with
+    a Gram EMA, whose state travels in the checkpoint)."""
     cls = make_stub_mgs_trainer_class()
 
     def trainer(out, **kw):
-        settings = COMMON | {"learning_rate": 0.2, "lr_scheduler_type": "constant", "max_steps": 4} | kw
+        settings = COMMON | {"learning_rate": 0.2, "lr_scheduler_type": "constant", "max_steps": 4} | extra | kw
         args = MGSGRPOConfig(output_dir=str(out), **settings)
         return cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
                    processing_class=tiny_tokenizer())
@@ -291,6 +300,8 @@ def test_resume_continues_identically(tmp_path):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
     moved = sum(float((p - q).detach().norm()) for p, q in zip(straight.model.parameters(), first.model.parameters()))
     assert moved > 0, "steps 3-4 changed nothing: the test could not fail"
+    saved = torch.load(tmp_path / "resumed" / "checkpoint-2" / "mgs_surgery.pt", weights_only=True)
+    assert ("gram_ema" in saved) == bool(extra)
 
 
 def test_per_domain_reward_and_length_metrics(tmp_path):

@@ -299,7 +299,7 @@ def test_stats_against_reference():
         norm = float(torch.cat([grads[n][d].flatten() for n in params]).norm())
         assert float(stats[f"grad_norm/{name}"]) == pytest.approx(norm, rel=1e-5)
     scalar_keys = [k for k, v in stats.items() if v.ndim == 0]
-    assert len(scalar_keys) < 40
+    assert len(scalar_keys) < 80  # tens of scalars: cheap to log every step
 
 
 def test_tied_parameters_are_one_parameter():
