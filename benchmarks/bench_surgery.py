@@ -386,6 +386,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="parameter / gradient dtype")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's choice")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", choices=["all", "pcgrad"], default="all",
+                    help="all: also time balance='norm', gram_ema and every TorchJD weighting (modular)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny preset, 2 repetitions")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
     args = ap.parse_args(argv)
@@ -437,6 +439,18 @@ def main(argv=None) -> int:
                                       domains=domains, seed=args.seed),
         "none": mgs.GradientSurgery(model, surgery="none", domains=domains, seed=args.seed),
     }
+    variants = {}  # label -> extra GradientSurgery kwargs, all modular per parameter
+    skipped = []
+    if args.methods == "all":
+        variants = {"modular +balance=norm": {"balance": "norm"}, "modular +gram_ema=0.9": {"gram_ema": 0.9},
+                    "none +balance=norm": {"surgery": "none", "balance": "norm"}}
+        variants |= {f"modular {name}": {"method": name} for name in mgs.methods.TORCHJD_WEIGHTINGS}
+    for label, kw in variants.items():
+        options = {"surgery": "modular", "granularity": "parameter", "domains": domains, "seed": args.seed} | kw
+        try:
+            surgeries[label] = mgs.GradientSurgery(model, **options)
+        except ImportError as error:  # torchjd or one of its optional solvers is missing
+            skipped.append(f"{label}: {str(error).splitlines()[0]}")
     buckets = surgeries["modular"]._buffers.buckets  # private: only for the printed layout
     outs = [torch.zeros(p.numel(), device=device, dtype=dtype) for p in params]  # touched: no page faults later
 
@@ -479,6 +493,7 @@ def main(argv=None) -> int:
         "apply() modular": lambda rep: run_apply("modular", rep),
         "apply() global": lambda rep: run_apply("global", rep),
         "apply() none": lambda rep: run_apply("none", rep),
+        **{f"apply() {label}": (lambda rep, label=label: run_apply(label, rep)) for label in variants if label in surgeries},
         "per-tensor PCGrad loop": run_loop,
         "plain sum: sum(0, out=)": lambda rep: timed(lambda: sum_out(stacks, outs)),
         "plain sum: add(out=)+add_": lambda rep: timed(lambda: add_out(stacks, outs)),
@@ -546,13 +561,22 @@ def main(argv=None) -> int:
           f"apply() stats conflict_frac {stats_seen.get('conflict_frac', float('nan')):.3f}")
     print(f"  {args.reps} interleaved repetitions (+1 warm-up), minimum reported; {bench_s:.1f} s")
     print()
-    w = 30
+    w = 34
     print(f"  {'measurement':<{w}} {'min ms':>9} {'median ms':>10} {'x plain sum':>12}")
     print(f"  {'-' * w} {'-' * 9} {'-' * 10} {'-' * 12}")
     for label in labels:
         t = timings[label]
         print(f"  {label:<{w}} {t.best * 1e3:>9.2f} {t.median * 1e3:>10.2f} {t.best / plain:>12.2f}")
     print(f"  {'plain sum (min of out= rows)':<{w}} {plain * 1e3:>9.2f} {'':>10} {1.0:>12.2f}")
+    for line in skipped:
+        print(f"  skipped {line}")
+    if variants:
+        print()
+        print(f"  cost of each method beyond apply(modular) with PCGrad ({groups} groups, K={k}):")
+        for label in variants:
+            if f"apply() {label}" in timings:
+                extra = timings[f"apply() {label}"].best - apply_t
+                print(f"  {label:<{w}} {extra * 1e3:>+9.2f} ms  ({extra / groups * 1e6:+.1f} us per group)")
     print()
     print(f"  apply(modular) / plain sum        = {apply_t / plain:.2f}x")
     print(f"  apply(modular) / per-tensor loop  = {apply_t / loop:.2f}x   (loop / apply = {loop / apply_t:.1f}x)")
