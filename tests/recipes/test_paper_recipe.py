@@ -1,0 +1,108 @@
+"""The paper-setting recipe (recipes/trl/grpo_multidomain.py) and its reward routing, on tiny local models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("math_verify")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification  # noqa: E402
+
+from mgs.toy import char_tokenizer  # noqa: E402
+from trl_mgs.rewards import RewardModelScorer, for_domains  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "trl"
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}" \
+                "{% if add_generation_prompt %}a:{% endif %}"
+
+
+def _tokenizer():
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _config(**kw):
+    return Qwen2Config(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1, max_position_embeddings=512, pad_token_id=0, eos_token_id=1,
+                       bos_token_id=None, tie_word_embeddings=False, **kw)
+
+
+def test_for_domains_routes_rows():
+    calls = []
+
+    def length(prompts, completions, solution, **kwargs):
+        calls.append((prompts, completions, solution))
+        return [float(len(c)) for c in completions]
+
+    routed = for_domains(length, ["math"])
+    out = routed(prompts=["p0", "p1", "p2"], completions=["a", "bb", "ccc"], domain=["math", "chat", "math"],
+                 solution=["s0", "s1", "s2"], trainer_state=None)
+    assert out == [1.0, None, 3.0]
+    assert calls == [(["p0", "p2"], ["a", "ccc"], ["s0", "s2"])]  # only its rows, every column sliced alike
+    assert routed.__name__ == "length@math"
+    assert routed(prompts=["p"], completions=["a"], domain=["chat"]) == [None]
+    with pytest.raises(KeyError, match=r"needs the dataset column 'domain'; the columns passed are \['completions', 'prompts', 'solution'\]"):
+        routed(prompts=["p"], completions=["a"], solution=["s"])
+    with pytest.raises(TypeError, match="not the string 'math'"):
+        for_domains(length, "math")
+
+
+def test_reward_model_scorer_equals_a_direct_forward(tmp_path):
+    torch.manual_seed(0)
+    model = Qwen2ForSequenceClassification(_config(num_labels=1)).eval()
+    tokenizer = _tokenizer()
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    scorer = RewardModelScorer(str(tmp_path / "rm"), device="cpu", batch_size=2)
+    prompts = [[{"role": "user", "content": "hello there"}], [{"role": "user", "content": "hi"}], "plain "]
+    completions = [[{"role": "assistant", "content": "good day"}], [{"role": "assistant", "content": "yo yo yo"}], "text"]
+    scores = scorer(prompts, completions)
+    texts = ["u:hello there\na:good day\n", "u:hi\na:yo yo yo\n", "plain text"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "rm")  # as loaded from the directory (transformers' choice)
+    with torch.no_grad():  # one text at a time: no padding at all in the reference
+        expected = [float(model(**tokenizer(t, return_tensors="pt")).logits[0, 0]) for t in texts]
+    assert scores == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert len(set(round(s, 6) for s in scores)) == 3
+
+
+def test_recipe_runs_with_lora(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_config(_config(), attn_implementation="eager")
+    policy.save_pretrained(tmp_path / "policy")
+    _tokenizer().save_pretrained(tmp_path / "policy")
+    rm = Qwen2ForSequenceClassification(_config(num_labels=1))
+    rm.save_pretrained(tmp_path / "rm")
+    _tokenizer().save_pretrained(tmp_path / "rm")
+    math = [{"problem": f"what is {i}+{i}?", "solution": f"\\boxed{{{2 * i}}}"} for i in range(8)]
+    chat = [{"prompt": f"say hello {i}"} for i in range(8)]
+    (tmp_path / "math.json").write_text(json.dumps(math))
+    (tmp_path / "chat.json").write_text(json.dumps(chat))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import grpo_multidomain
+    finally:
+        sys.path.remove(str(RECIPES))
+    trainer = grpo_multidomain.main([
+        "--model_name_or_path", str(tmp_path / "policy"), "--dtype", "float32", "--attn_implementation", "eager",
+        "--math_dataset", str(tmp_path / "math.json"), "--chat_dataset", str(tmp_path / "chat.json"),
+        "--chat_split", "train", "--chat_reward_model", str(tmp_path / "rm"),
+        "--use_peft", "--lora_r", "2", "--lora_alpha", "4", "--lora_target_modules", "q_proj", "v_proj",
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--use_cpu", "--bf16", "false",
+        "--gradient_checkpointing", "false", "--beta", "0.0", "--num_generations", "2",
+        "--per_device_train_batch_size", "4", "--max_completion_length", "4", "--shuffle_dataset", "false",
+        "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+    ])
+    logs = [h for h in trainer.state.log_history if "mgs/conflict_frac" in h]
+    assert len(logs) == 2
+    assert all("rewards/accuracy_reward@math/mean" in h and "rewards/reward_model:rm@chat/mean" in h for h in logs)
+    assert all(h["mgs/reward/chat/mean"] is not None and h["mgs/reward/math/mean"] is not None for h in logs)
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert all("lora_" in n for names in trainer.surgery.groups().values() for n in names)
