@@ -147,6 +147,19 @@ def test_modular_changes_the_update_and_logs_surgery_stats(tmp_path):
     assert diff > 1e-6
 
 
+def test_no_gradient_memory_during_generation(tmp_path):
+    """Generation (colocated vLLM in real runs) happens with the surgery buffers freed and no p.grad held."""
+    seen = []
+
+    class Probe(make_stub_mgs_trainer_class()):
+        def _generate_single_turn(self, *args, **kwargs):
+            seen.append((self.surgery._buffers.is_open, sum(p.grad is not None for p in self.model.parameters())))
+            return super()._generate_single_turn(*args, **kwargs)
+
+    _train(Probe, MGSGRPOConfig, tmp_path, 3, gradient_accumulation_steps=2)
+    assert len(seen) == 3 and seen == [(False, 0)] * 3
+
+
 def test_config_validation_and_cli():
     with pytest.raises(ValueError, match="surgery='modualr'"):
         MGSGRPOConfig(output_dir="out", surgery="modualr", use_cpu=True, report_to="none")
