@@ -1,0 +1,192 @@
+"""``MGSFSDPEngine``: verl 0.9.1's FSDP LM engine with per-domain backward passes and ``mgs`` surgery (spike).
+
+Overrides one method, ``forward_backward_batch`` (verl/workers/engine/fsdp/transformer_impl.py:724),
+and only for training with an :class:`verl_mgs.config.MGSFSDPEngineConfig`; everything else (the
+reference model, log-prob inference, a plain ``FSDPEngineConfig``) is the stock code path.
+
+Per mini-batch, on every data-parallel rank:
+
+1. the stock preamble: the global token count (all-reduce), ``dp_size``, ``sp_size``;
+2. rows grouped by domain (``domain_key``); each domain's rows are split into micro-batches like
+   verl does (fixed size, or token-balanced with dynamic batch size), and every micro-batch keeps the
+   whole mini-batch's normalisers (``batch_num_tokens``, ``global_batch_size``, ``dp_size`` are
+   non-tensor entries that row selection copies), so the domains' losses add up to the stock loss;
+3. one all-reduce (MAX) of the per-domain micro-batch counts; a rank with fewer runs zero-loss
+   passes, so every rank runs the same FSDP collectives;
+4. per domain, inside ``surgery.domain(d)``: forward/backward of its micro-batches, FSDP gradient
+   sync deferred to the domain's last micro-batch when ``use_no_sync_for_gradient_accumulation``
+   is on (so the reduce-scatter lands in that domain's buffer), then ``surgery.apply(step)``;
+5. verl's own ``optimizer_step`` (clip, step) follows in ``train_batch``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from verl.utils import tensordict_utils as tu
+from verl.utils.device import get_device_id
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
+
+from mgs import GradientSurgery
+
+_REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
+
+
+def _filler_output(meta_info: dict) -> dict:
+    """A zero-loss pass's output: verl aggregates per-micro-batch metrics position by position across DP
+    ranks (``Metric.aggregate_dp``), so every rank must report one entry per pass; sums (the loss, SUM
+    metrics) must count nothing, means keep the filler row's own value."""
+    meta_info["loss"] = 0.0
+    metrics = meta_info.get("metrics", {})
+    for key, value in metrics.items():
+        if isinstance(value, Metric) and value.aggregation == AggregationType.SUM:
+            zero = Metric(AggregationType.SUM)
+            zero.extend([0.0] * len(value.values))
+            metrics[key] = zero
+    return meta_info
+
+
+def domain_labels(data, key: str) -> list[str]:
+    """Each row's domain from the non-tensor field ``key`` (``"a.b"``: field ``a``, then key ``b`` of each row's dict)."""
+    head, _, rest = key.partition(".")
+    if head not in data.keys():
+        available = sorted(k for k in data.keys() if isinstance(k, str))
+        raise KeyError(f"domain_key {key!r}: the batch has no field {head!r}; its fields are {available}.")
+    values = tu.get(data, head)
+    labels = []
+    for value in values:
+        for part in rest.split(".") if rest else ():
+            value = value[part]
+        labels.append(str(value))
+    return labels
+
+
+def check_loss_normaliser(data, loss_function) -> None:
+    """Refuse a per-micro-batch normaliser that would make the domains' losses differ from the stock loss.
+
+    ``seq-mean-token-sum-norm`` without ``loss_scale_factor`` divides by ``loss_mask.shape[-1]``
+    (core_algos.py:1189-1193). With jagged response fields (verl's default v1 trainer) that is the
+    longest response *of the micro-batch*, so the stock loss itself depends on how rows are grouped
+    into micro-batches, and per-domain micro-batches cannot reproduce it."""
+    config = getattr(loss_function, "keywords", {}).get("config")
+    if getattr(config, "loss_agg_mode", None) != "seq-mean-token-sum-norm" or config.loss_scale_factor is not None:
+        return
+    mask = data["response_mask"] if "response_mask" in data.keys() else None
+    if mask is not None and getattr(mask, "is_nested", False):
+        raise ValueError(
+            "loss_agg_mode='seq-mean-token-sum-norm' with loss_scale_factor=None normalises each micro-batch by its "
+            "own longest response, which depends on how rows are grouped into micro-batches; set "
+            "actor_rollout_ref.actor.loss_scale_factor (e.g. to data.max_response_length) to use it with surgery."
+        )
+
+
+class MGSFSDPEngine(FSDPEngineWithLMHead):
+    """The stock FSDP LM engine; training with an MGS config runs one backward group per domain, then surgery."""
+
+    _surgery: GradientSurgery | None = None
+    _mgs_step: int = 0
+
+    def _mgs_active(self, forward_only: bool) -> bool:
+        from verl_mgs.config import MGSFSDPEngineConfig
+
+        return not forward_only and isinstance(self.engine_config, MGSFSDPEngineConfig)
+
+    def _mgs_surgery(self) -> GradientSurgery:
+        if self._surgery is None:
+            if self.ulysses_sequence_parallel_size > 1:
+                raise NotImplementedError("verl_mgs does not support ulysses_sequence_parallel_size > 1 yet.")
+            o = self.engine_config.surgery_options
+            self._surgery = GradientSurgery(
+                self.module, surgery=o.surgery, granularity=o.granularity, method=o.method, domains=o.domains, seed=o.seed
+            )
+        return self._surgery
+
+    def _mgs_domains(self, labels: list[str]) -> list[str]:
+        configured = self.engine_config.domains
+        if configured is not None:
+            unknown = sorted(set(labels) - set(configured))
+            if unknown:
+                raise ValueError(f"batch has domains {unknown} not in the configured domains {list(configured)}.")
+            return list(configured)
+        group = self.get_data_parallel_group()
+        gathered: list = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, sorted(set(labels)), group=group)
+        return sorted({d for names in gathered for d in names})
+
+    def _mgs_micro_batches(self, data, rows: list[int]) -> list:
+        if not rows:
+            return []
+        sub = tu.index_select_tensor_dict(data, rows)
+        if tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=True):
+            micro_batches, _ = prepare_micro_batches(sub, dp_group=None, same_micro_num_in_dp=False)
+            return micro_batches
+        size = data["micro_batch_size_per_gpu"]
+        return [
+            tu.index_select_tensor_dict(sub, list(range(i, min(i + size, len(rows))))) for i in range(0, len(rows), size)
+        ]
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        if not self._mgs_active(forward_only):
+            return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+        if tu.get_non_tensor_data(data=data, key="return_model_output", default=False):
+            raise NotImplementedError("verl_mgs: return_model_output=True is not supported with surgery.")
+        check_loss_normaliser(data, loss_function)
+        surgery = self._mgs_surgery()
+
+        # the stock preamble (transformer_impl.py:726-735)
+        tu.assign_non_tensor(data, sp_size=self.ulysses_sequence_parallel_size)
+        batch_num_tokens = data["loss_mask"].sum().to(get_device_id())
+        dist.all_reduce(batch_num_tokens, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
+        tu.assign_non_tensor(data, batch_num_tokens=batch_num_tokens.item())
+        tu.assign_non_tensor(data, dp_size=self.get_data_parallel_size())
+
+        labels = domain_labels(data, self.engine_config.domain_key)
+        domains = self._mgs_domains(labels)
+        per_domain = [self._mgs_micro_batches(data, [i for i, d in enumerate(labels) if d == name]) for name in domains]
+        counts = torch.tensor([len(m) for m in per_domain], dtype=torch.long, device=get_device_id())
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=self.get_data_parallel_group())
+        counts = counts.tolist()
+        filler = tu.index_select_tensor_dict(data, [0]) if len(data) else None
+
+        scaler = getattr(self, "scaler", None)
+        output_lst = []
+        for name, micro_batches, count in zip(domains, per_domain, counts):
+            if count == 0:
+                continue
+            with surgery.domain(name):
+                for i in range(count):
+                    real = i < len(micro_batches)
+                    micro_batch = micro_batches[i] if real else filler
+                    sync_ctx = self._gradient_sync_context(is_last_micro_batch=i == count - 1)
+                    with sync_ctx, torch.profiler.record_function(f"mgs_{name}_micro_batch{i}"):
+                        loss, meta_info = self.forward_step(micro_batch, loss_function=loss_function, forward_only=False)
+                        if not real:
+                            loss = loss * 0.0
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    meta_info.pop("model_output", None)
+                    output_lst.append(meta_info if real else _filler_output(meta_info))
+        self._mgs_stats = surgery.apply(step=self._mgs_step)
+        self._mgs_step += 1
+        return postprocess_batch_func(output_lst=output_lst, indices=None, data=data)
+
+
+def register() -> None:
+    """Register :class:`MGSFSDPEngine` for verl's fsdp/fsdp2 language-model engines (idempotent).
+
+    The vendor-specific keys are looked up before verl's own device-only keys
+    (verl/workers/engine/base.py:411-418), so this overrides the stock engine without touching it.
+    """
+    for backend in ("fsdp", "fsdp2"):
+        for key in _REGISTRY_KEYS:
+            if EngineRegistry._engines.get("language_model", {}).get(backend, {}).get(key) is MGSFSDPEngine:
+                continue
+            device, vendor = key
+            EngineRegistry.register(model_type="language_model", backend=backend, device=device, vendor=vendor)(
+                MGSFSDPEngine
+            )
+
+
+__all__ = ["MGSFSDPEngine", "domain_labels", "register"]
