@@ -36,21 +36,17 @@ def _worker(spec: dict) -> dict:
 
     import torch
     from datasets import Dataset
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, TrainerCallback
+    from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from mgs.toy import CHARS, char_tokenizer
     from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
 
     torch.manual_seed(0)
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 +-*=?:.,")
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer = char_tokenizer()
+    chars = CHARS
     config = Qwen2Config(
-        vocab_size=len(vocab), hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
+        vocab_size=len(tokenizer), hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
         num_hidden_layers=spec["layers"], num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
     )

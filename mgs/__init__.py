@@ -5,23 +5,27 @@ The pipeline, one file per step: :mod:`mgs._partition` (parameters → groups) �
 (Gram → weights) → :mod:`mgs._apply` (``p.grad`` ← weighted sums). :class:`GradientSurgery` wires them.
 """
 
-from mgs._options import GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
+from mgs._collectives import agree_domains
+from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs._partition import KINDS
 from mgs._surgery import GradientSurgery
 from mgs.data import MixturePlan, batch_counts, check_trl_compatible, interleave_domains, plan_mixture
-from mgs.methods import METHODS
+from mgs.methods import METHOD_NAMES, METHODS
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BALANCES",
     "GRANULARITIES",
     "GradientSurgery",
     "KINDS",
     "METHODS",
+    "METHOD_NAMES",
     "MixturePlan",
     "ON_NONFINITE",
     "SURGERY_MODES",
     "SurgeryOptions",
+    "agree_domains",
     "batch_counts",
     "check_trl_compatible",
     "interleave_domains",

@@ -40,7 +40,8 @@ def average_replicas(tensors: list[torch.Tensor], group: object) -> None:
 
 
 def agree_domains(known: list[str], local: list[str], group: object | None = None) -> list[str]:
-    """Extend the agreed list ``known`` with every rank's new names, sorted, identically on all ranks."""
+    """Extend the agreed list ``known`` with every rank's new names, sorted, identically on all ranks (one
+    all_gather_object over ``group``; adapters use it to agree a batch's domains before their own collectives)."""
     if not is_distributed():
         return known + [d for d in local if d not in known]
     gathered: list[list[str] | None] = [None] * dist.get_world_size(group)

@@ -45,3 +45,8 @@ def local_grams(buckets: list[Bucket], num_groups: int, num_rows: int, device: t
         partial = chunk_grams(b.data).to(device=device, dtype=torch.float64)
         acc.index_add_(0, b.chunk_group.to(device), partial)
     return grams
+
+
+def without_nonfinite(gram: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+    """``gram`` with every entry of a (group, domain) whose gradient is not finite set to zero."""
+    return torch.where(nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1), 0.0, gram)

@@ -29,6 +29,7 @@ import torch
 
 def surgery_stats(
     gram: torch.Tensor,
+    clean: torch.Tensor,
     nonfinite: torch.Tensor,
     domains: list[str],
     kind_masks: dict[str, torch.Tensor],
@@ -36,7 +37,7 @@ def surgery_stats(
     projected: torch.Tensor | None = None,
     method_projects: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Statistics of one step. ``weights`` ``[G, K]`` are the final per-group weights (``None``: plain sum);
+    """Statistics of one step. ``clean`` is ``gram`` with non-finite (group, domain) entries zeroed; ``weights`` ``[G, K]`` are the final per-group weights (``None``: plain sum);
     ``projected`` ``[G, K, K]`` marks PCGrad's projections (``None``: none made, or NaN when
     ``method_projects`` is False)."""
     k = gram.shape[1]
@@ -68,7 +69,7 @@ def surgery_stats(
     tvalid = (tdiag[rows] > 0) & (tdiag[cols] > 0)
     tcos = total[rows, cols] / torch.where(tvalid, (tdiag[rows] * tdiag[cols]).sqrt(), 1.0)
     stats["cosine_global"] = ratio(torch.where(tvalid, tcos, 0.0), tvalid.double())
-    stats.update(_update_stats(gram, nonfinite, domains, kind_masks, weights, projected, method_projects, usable))
+    stats.update(_update_stats(clean, domains, kind_masks, weights, projected, method_projects, usable))
     counts = nonfinite.sum(0).float()
     for i, name in enumerate(domains):
         stats[f"nonfinite/{name}"] = counts[i]
@@ -76,11 +77,9 @@ def surgery_stats(
     return stats
 
 
-def _update_stats(gram, nonfinite, domains, kind_masks, weights, projected, method_projects, usable):
+def _update_stats(clean, domains, kind_masks, weights, projected, method_projects, usable):
     """Update norm, change ratio, projection fraction and effective weights, all from the Gram matrices."""
-    g, k = gram.shape[0], gram.shape[1]
-    bad_pairs = nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1)
-    clean = torch.where(bad_pairs, 0.0, gram)
+    g, k = clean.shape[0], clean.shape[1]
     ones = torch.ones(g, k, dtype=clean.dtype, device=clean.device)
     w = ones if weights is None else weights.to(clean.dtype).expand(g, k)
 
@@ -93,11 +92,11 @@ def _update_stats(gram, nonfinite, domains, kind_masks, weights, projected, meth
     for kind, mask in kind_masks.items():
         m = mask.double()
         stats[f"change_ratio/{kind}"] = ((change * m).sum().clamp(min=0).sqrt() / (plain * m).sum().sqrt()).float()
-    ordered = usable.unsqueeze(2) & usable.unsqueeze(1) & ~torch.eye(k, dtype=torch.bool, device=gram.device)
+    ordered = usable.unsqueeze(2) & usable.unsqueeze(1) & ~torch.eye(k, dtype=torch.bool, device=clean.device)
     if not method_projects:
-        made = torch.full((g,), float("nan"), dtype=torch.float64, device=gram.device)
+        made = torch.full((g,), float("nan"), dtype=torch.float64, device=clean.device)
     elif projected is None:
-        made = torch.zeros(g, dtype=torch.float64, device=gram.device)
+        made = torch.zeros(g, dtype=torch.float64, device=clean.device)
     else:
         made = (projected.expand(g, k, k) & ordered).sum((1, 2)).double()
     pairs = ordered.sum((1, 2)).double()

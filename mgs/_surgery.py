@@ -14,7 +14,7 @@ from mgs._balance import balance_scales, balanced_gram
 from mgs._buffers import BUCKET_CAP, DomainBuffers
 from mgs._collectives import agree_domains, average_replicas, is_distributed, sum_partial_grams
 from mgs._fsdp2 import fsdp2_modules, held_back_gradients
-from mgs._gram import local_grams
+from mgs._gram import local_grams, without_nonfinite
 from mgs._gram_ema import GramEMA
 from mgs._options import Granularity, SurgeryOptions
 from mgs._partition import Partition
@@ -218,14 +218,14 @@ class GradientSurgery:
             self._buffers.resize(len(agreed), [agreed.index(d) for d in local])
         self._domains, self._agreed = agreed, len(agreed)
 
-    def _weights(self, gram: torch.Tensor, nonfinite: torch.Tensor, step: int):
-        """``(weights [M, K] or None, projected [M, K, K] or None)``: M = groups for modular, 1 for the whole
-        model. Groups with non-finite gradients get the plain sum. ``None`` weights: the plain sum everywhere."""
+    def _weights(self, clean: torch.Tensor, nonfinite: torch.Tensor, step: int):
+        """``(weights [M, K] or None, projected [M, K, K] or None)`` from the Gram matrices without non-finite
+        entries: M = groups for modular, 1 for the whole model. Groups with non-finite gradients get the plain
+        sum. ``None`` weights: the plain sum everywhere."""
         o = self.options
         if o.surgery == "none" and o.balance == "none":
             return None, None
-        bad_pairs = nonfinite.unsqueeze(2) | nonfinite.unsqueeze(1)
-        current = torch.where(bad_pairs, 0.0, gram)
+        current = clean
         if o.surgery == "modular":
             bad = nonfinite.any(dim=1)
         else:  # balancing and decisions over the whole model
@@ -249,7 +249,7 @@ class GradientSurgery:
                 f"method {o.method!r} returned {getattr(weights, 'shape', type(weights))}; "
                 f"expected weights of shape {tuple(decide.shape[:2])} (groups × domains)."
             )
-        weights = weights.to(gram.dtype)
+        weights = weights.to(clean.dtype)
         if scales is not None:
             weights = weights * scales
         return torch.where(bad.unsqueeze(1), 1.0, weights), projected
@@ -290,12 +290,13 @@ class GradientSurgery:
             bad = [(self.partition.group_names[g], self._domains[d]) for g, d in nonfinite.nonzero().tolist()]
             buffers.release()
             raise FloatingPointError(f"non-finite gradients in (group, domain) {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
-        weights, projected = self._weights(gram, nonfinite, step)
+        clean = without_nonfinite(gram, nonfinite)
+        weights, projected = self._weights(clean, nonfinite, step)
         for bucket in buffers.buckets:
             combine_bucket(bucket, weights, self._dp_group)
         self._step = step + 1
         projects = self.options.surgery == "none" or self._method is pcgrad_weights
-        return surgery_stats(gram, nonfinite, self._domains, self._kind_masks, weights, projected, projects)
+        return surgery_stats(gram, clean, nonfinite, self._domains, self._kind_masks, weights, projected, projects)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

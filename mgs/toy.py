@@ -11,7 +11,7 @@ most output positions, so the domains' gradients keep conflicting as training go
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from datasets import Dataset
@@ -29,9 +29,10 @@ TRANSFORMS: dict[str, tuple[str, Callable[[str], str]]] = {
 """Domain name → (prompt tag, transform of the digit string)."""
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer built with ``tokenizers`` (no download)."""
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+def char_tokenizer(chars: Sequence[str] = CHARS) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer built with ``tokenizers`` (no download): ids 0-2 are <pad>, <eos>, <unk>,
+    then ``chars`` in order."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()

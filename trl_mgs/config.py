@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from mgs import GRANULARITIES, SURGERY_MODES, SurgeryOptions
-from mgs._options import BALANCES
-from mgs.methods import METHOD_NAMES
+from mgs import BALANCES, GRANULARITIES, METHOD_NAMES, SURGERY_MODES, SurgeryOptions
 
 
 @dataclass

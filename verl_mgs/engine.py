@@ -30,7 +30,7 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
 
-from mgs import GradientSurgery
+from mgs import GradientSurgery, agree_domains
 
 _REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
 
@@ -98,10 +98,7 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         if self._surgery is None:
             if self.ulysses_sequence_parallel_size > 1:
                 raise NotImplementedError("verl_mgs does not support ulysses_sequence_parallel_size > 1 yet.")
-            o = self.engine_config.surgery_options
-            self._surgery = GradientSurgery(
-                self.module, surgery=o.surgery, granularity=o.granularity, method=o.method, domains=o.domains, seed=o.seed
-            )
+            self._surgery = GradientSurgery(self.module, **vars(self.engine_config.surgery_options))
         return self._surgery
 
     def _mgs_domains(self, labels: list[str]) -> list[str]:
@@ -111,10 +108,7 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
             if unknown:
                 raise ValueError(f"batch has domains {unknown} not in the configured domains {list(configured)}.")
             return list(configured)
-        group = self.get_data_parallel_group()
-        gathered: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, sorted(set(labels)), group=group)
-        return sorted({d for names in gathered for d in names})
+        return agree_domains([], sorted(set(labels)), group=self.get_data_parallel_group())
 
     def _mgs_micro_batches(self, data, rows: list[int]) -> list:
         if not rows:

@@ -8,20 +8,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from datasets import Dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 from trl import GRPOTrainer
+
+from mgs.toy import char_tokenizer
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +-*=?:.,")
 DOMAINS = ["chat", "code", "math"]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return char_tokenizer(CHARS)
 
 
 def tiny_model(seed: int = 0, dtype=torch.float32):
