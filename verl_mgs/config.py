@@ -37,6 +37,10 @@ class MGSFSDPEngineConfig(FSDPEngineConfig):
             key of a per-sample dict (``"extra_info.domain"``). Default ``"data_source"``.
         domains (list[str] | None): the domains, in a fixed order; ``None`` agrees them across ranks from
             each mini-batch (one small all-gather per mini-batch). Default ``None``.
+        surgery_balance (str): ``"none"`` or ``"norm"`` (rescale every domain's gradient to the mean norm
+            before the method; see docs/methods.md). Default ``"none"``.
+        surgery_gram_ema (float): decay of an exponential moving average of the Gram matrices that the
+            method decides on (0: off). Default ``0.0``.
         surgery_seed (int): seeds the method's random choices with the step. Default ``0``. (Not ``seed``:
             that is the engine's own seed, 42 in verl's fsdp.yaml.)
     """
@@ -46,6 +50,8 @@ class MGSFSDPEngineConfig(FSDPEngineConfig):
     surgery_method: str = "pcgrad"
     domain_key: str = "data_source"
     domains: Optional[list[str]] = None
+    surgery_balance: str = "none"
+    surgery_gram_ema: float = 0.0
     surgery_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,4 +72,6 @@ class MGSFSDPEngineConfig(FSDPEngineConfig):
             method=self.surgery_method,
             domains=domains,
             seed=self.surgery_seed,
+            balance=self.surgery_balance,
+            gram_ema=self.surgery_gram_ema,
         )

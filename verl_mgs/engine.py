@@ -16,10 +16,20 @@ Per mini-batch, on every data-parallel rank:
 4. per domain, inside ``surgery.domain(d)``: forward/backward of its micro-batches, FSDP gradient
    sync deferred to the domain's last micro-batch when ``use_no_sync_for_gradient_accumulation``
    is on (so the reduce-scatter lands in that domain's buffer), then ``surgery.apply(step)``;
-5. verl's own ``optimizer_step`` (clip, step) follows in ``train_batch``.
+5. verl's own ``optimizer_step`` (clip, step) follows in ``train_batch``; the K per-domain buffers are
+   freed with ``p.grad`` at verl's ``zero_grad`` (surgery keeps no reference after ``apply``).
+
+Metrics (one value per mini-batch, identical on every rank, so verl's DP aggregation keeps them):
+``mgs/loss/{domain}`` (this domain's share of verl's ``loss``: they add up to it) and every scalar
+statistic of :meth:`mgs.GradientSurgery.apply` as ``mgs/{key}``; the driver logs them as
+``actor/mgs/...``. The surgery state (step counter, Gram EMA) is saved next to verl's checkpoint
+shards as ``mgs_surgery.pt`` and restored by ``load_checkpoint``.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -33,6 +43,7 @@ from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batc
 from mgs import GradientSurgery, agree_domains
 
 _REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
+STATE_FILE = "mgs_surgery.pt"
 
 
 def _filler_output(meta_info: dict) -> dict:
@@ -47,6 +58,21 @@ def _filler_output(meta_info: dict) -> dict:
             zero.extend([0.0] * len(value.values))
             metrics[key] = zero
     return meta_info
+
+
+def _metrics(stats: dict, domain_loss: dict, domains: list[str]) -> dict:
+    """``mgs/...`` metrics as verl's ``Metric`` values, one per mini-batch.
+
+    The statistics come from all-reduced Gram matrices, so they are the same on every rank (MEAN over DP
+    keeps them); a domain's loss is this rank's sum over its micro-batches, which verl's DP aggregation
+    averages like the total ``loss``. NaN statistics (no pair to measure) are left out on every rank alike.
+    """
+    scalars = {k: v for k, v in stats.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+    values = torch.stack([v.detach().float().reshape(()).cpu() for v in scalars.values()]).tolist() if scalars else []
+    metrics = {f"mgs/{k}": Metric(AggregationType.MEAN, v) for k, v in zip(scalars, values) if not math.isnan(v)}
+    for name in domains:
+        metrics[f"mgs/loss/{name}"] = Metric(AggregationType.SUM, float(domain_loss.get(name, 0.0)))
+    return metrics
 
 
 def domain_labels(data, key: str) -> list[str]:
@@ -89,15 +115,31 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
     _surgery: GradientSurgery | None = None
     _mgs_step: int = 0
 
-    def _mgs_active(self, forward_only: bool) -> bool:
+    def _mgs_enabled(self) -> bool:
         from verl_mgs.config import MGSFSDPEngineConfig
 
-        return not forward_only and isinstance(self.engine_config, MGSFSDPEngineConfig)
+        return isinstance(self.engine_config, MGSFSDPEngineConfig) and not self.engine_config.forward_only
+
+    def _mgs_active(self, forward_only: bool) -> bool:
+        return not forward_only and self._mgs_enabled()
+
+    def initialize(self):
+        if self._mgs_enabled():  # refuse before building anything (the config cannot: verl sets strategy later)
+            strategy = self.engine_config.strategy
+            if strategy != "fsdp2":
+                raise NotImplementedError(
+                    f"verl_mgs needs actor_rollout_ref.actor.strategy=fsdp2; got {strategy!r} (FSDP1 flattens "
+                    "parameters, so per-parameter gradient buffers cannot be attached)."
+                )
+            if self.engine_config.ulysses_sequence_parallel_size > 1:
+                raise NotImplementedError(
+                    "verl_mgs does not support ulysses_sequence_parallel_size > 1 yet; set "
+                    "actor_rollout_ref.actor.ulysses_sequence_parallel_size=1."
+                )
+        return super().initialize()
 
     def _mgs_surgery(self) -> GradientSurgery:
         if self._surgery is None:
-            if self.ulysses_sequence_parallel_size > 1:
-                raise NotImplementedError("verl_mgs does not support ulysses_sequence_parallel_size > 1 yet.")
             self._surgery = GradientSurgery(self.module, **vars(self.engine_config.surgery_options))
         return self._surgery
 
@@ -147,6 +189,7 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
 
         scaler = getattr(self, "scaler", None)
         output_lst = []
+        domain_loss = {}
         for name, micro_batches, count in zip(domains, per_domain, counts):
             if count == 0:
                 continue
@@ -162,9 +205,37 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     meta_info.pop("model_output", None)
                     output_lst.append(meta_info if real else _filler_output(meta_info))
-        self._mgs_stats = surgery.apply(step=self._mgs_step)
+                    domain_loss[name] = domain_loss.get(name, 0.0) + meta_info["loss"]
+        stats = surgery.apply(step=self._mgs_step)
         self._mgs_step += 1
-        return postprocess_batch_func(output_lst=output_lst, indices=None, data=data)
+        output = postprocess_batch_func(output_lst=output_lst, indices=None, data=data)
+        output["metrics"].update(_metrics(stats, domain_loss, domains))
+        return output
+
+    # ------------------------------------------------------------------ checkpointing
+    def _mgs_state(self) -> dict:
+        return {"engine_step": self._mgs_step, "surgery": self._mgs_surgery().state_dict()}
+
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None, **kwargs):
+        super().save_checkpoint(local_path, hdfs_path=hdfs_path, global_step=global_step,
+                                max_ckpt_to_keep=max_ckpt_to_keep, **kwargs)
+        if self._mgs_enabled() and dist.get_rank() == 0:  # the state is the same on every rank
+            torch.save(self._mgs_state(), os.path.join(local_path, STATE_FILE))
+
+    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=True, **kwargs):
+        state = None
+        if self._mgs_enabled():
+            path = os.path.join(local_path, STATE_FILE)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{path} is missing: the checkpoint was not written by a verl_mgs surgery engine, so the surgery "
+                    "state (step, Gram EMA) cannot be restored."
+                )
+            state = torch.load(path, weights_only=False)  # read first: verl may delete local_path after loading
+        super().load_checkpoint(local_path, hdfs_path=hdfs_path, del_local_after_load=del_local_after_load, **kwargs)
+        if state is not None:
+            self._mgs_surgery().load_state_dict(state["surgery"])
+            self._mgs_step = int(state["engine_step"])
 
 
 def register() -> None:

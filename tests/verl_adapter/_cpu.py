@@ -42,6 +42,8 @@ def _cpu_device_module() -> types.SimpleNamespace:
         reset_peak_memory_stats=lambda *_: None,
         mem_get_info=lambda *_: (0, 0),
         get_device_name=lambda *_: "CPU",
+        get_rng_state=torch.get_rng_state,  # checkpoints save and restore the "device" RNG
+        set_rng_state=torch.set_rng_state,
     )
 
 

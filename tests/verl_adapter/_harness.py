@@ -388,3 +388,59 @@ def reference_with_external_lib(model_path: str, world_size: int) -> dict:
             outcome[label] = f"ImportError: {error}"
     outcome["verl_mgs_imported"] = "verl_mgs" in sys.modules
     return outcome
+
+
+# ----------------------------------------------------------------------------- training, metrics, resume
+def train_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
+    """An MGS actor trained for ``job["steps"]`` updates (lr > 0), each on its own batch; then the same run
+    checkpointed after ``job["resume_at"]`` updates and resumed by a freshly built worker.
+
+    Rank 0 writes ``result.pt``: the parameters after every update of the straight run and of the resumed
+    one, verl's returned metrics per update, and after every update whether any ``p.grad`` or surgery buffer
+    is still held (verl zeroes gradients when ``train_mode`` exits, which must free the K domain buffers)."""
+    from verl.utils import tensordict_utils as tu
+
+    model_path = shared_model(out_dir)
+    overrides = [MGS_TARGET] + [f"+actor_rollout_ref.actor.fsdp_config.{k}={v}" for k, v in job["surgery"].items()]
+    cfg = compose(model_path, world_size=world_size, overrides=overrides)
+
+    def update(worker, step):
+        data = make_batch(job["batch_size"], seed=100 + step, labels=job.get("labels"))
+        td = dp_shard(actor_input(data, cfg), world_size, rank)
+        output = worker.update_actor(td)
+        engine = worker.actor.engine
+        held = {"grads": sum(p.grad is not None for p in engine.module.parameters()),
+                "buffers": bool(engine._surgery is not None and engine._surgery._buffers.is_open)}
+        metrics = tu.get(output, "metrics") if rank == 0 else None
+        return full_params(engine.module), metrics, held
+
+    refused = {}
+    for label, extra in (("fsdp1", ["actor_rollout_ref.actor.strategy=fsdp"]),
+                         ("ulysses", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+                                      "actor_rollout_ref.model.use_remove_padding=true"])):
+        try:
+            build_worker(compose(model_path, world_size=world_size, overrides=overrides + extra))
+            refused[label] = None
+        except NotImplementedError as error:
+            refused[label] = str(error)
+
+    straight = build_worker(cfg)
+    params, metrics, held = [], [], []
+    for step in range(job["steps"]):
+        p, m, h = update(straight, step)
+        params.append(p), metrics.append(m), held.append(h)
+    del straight
+
+    checkpoint = str(Path(out_dir).parent / "checkpoint")
+    first = build_worker(cfg)
+    for step in range(job["resume_at"]):
+        update(first, step)
+    first.save_checkpoint(checkpoint, global_step=job["resume_at"])
+    del first
+    resumed = build_worker(cfg)
+    resumed.load_checkpoint(checkpoint)
+    resumed_params = [update(resumed, step)[0] for step in range(job["resume_at"], job["steps"])]
+    if rank == 0:
+        torch.save({"params": params, "metrics": metrics, "held": held, "resumed_params": resumed_params,
+                    "checkpoint_files": sorted(os.listdir(checkpoint)),
+                    "refused": refused}, Path(out_dir) / "result.pt")

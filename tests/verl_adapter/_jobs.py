@@ -13,6 +13,12 @@ def compare(rank: int, world_size: int, out_dir: str, job: dict) -> None:
     _harness.compare_job(rank, world_size, out_dir, job)
 
 
+def train(rank: int, world_size: int, out_dir: str, job: dict) -> None:
+    import _harness
+
+    _harness.train_job(rank, world_size, out_dir, job)
+
+
 def verl_installed() -> bool:
     """Whether the real verl is importable: a module with a file, not a namespace package that some directory
     named ``verl`` on ``sys.path`` would provide (this directory is named ``verl_adapter`` for that reason)."""
