@@ -181,6 +181,7 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
 
         labels = domain_labels(data, self.engine_config.domain_key)
         domains = self._mgs_domains(labels)
+        rewards = self._mgs_domain_rewards(data, labels, domains)
         per_domain = [self._mgs_micro_batches(data, [i for i, d in enumerate(labels) if d == name]) for name in domains]
         counts = torch.tensor([len(m) for m in per_domain], dtype=torch.long, device=get_device_id())
         dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=self.get_data_parallel_group())
@@ -210,7 +211,28 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         self._mgs_step += 1
         output = postprocess_batch_func(output_lst=output_lst, indices=None, data=data)
         output["metrics"].update(_metrics(stats, domain_loss, domains))
+        output["metrics"].update(rewards)
         return output
+
+    def _mgs_domain_rewards(self, data, labels: list[str], domains: list[str]) -> dict:
+        """``mgs/reward/{domain}``: the mean sequence score (``token_level_scores`` summed over the response) of
+        the domain's rows in this mini-batch, over all DP ranks. verl's driver logs no per-domain training reward;
+        its batch reaches the actor with the scores (legacy trainer), so the actor reports them. Empty when the
+        batch carries no scores (the v1 trainer sends the loss fields only)."""
+        if "token_level_scores" not in data.keys():
+            return {}
+        scores = data["token_level_scores"]
+        per_row = scores.values().new_tensor([float(s.sum()) for s in scores.unbind()]) if scores.is_nested \
+            else scores.sum(-1).float()
+        index = torch.tensor([domains.index(d) for d in labels], dtype=torch.long)
+        totals = torch.zeros(2, len(domains), dtype=torch.float64)
+        totals[0].index_add_(0, index, per_row.detach().cpu().double())
+        totals[1].index_add_(0, index, torch.ones(len(labels), dtype=torch.float64))
+        totals = totals.to(get_device_id())
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
+        totals = totals.cpu()
+        return {f"mgs/reward/{d}": Metric(AggregationType.MEAN, float(totals[0, i] / totals[1, i]))
+                for i, d in enumerate(domains) if totals[1, i] > 0}
 
     # ------------------------------------------------------------------ checkpointing
     def _mgs_state(self) -> dict:

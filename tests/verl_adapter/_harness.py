@@ -404,8 +404,20 @@ def train_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
     overrides = [MGS_TARGET] + [f"+actor_rollout_ref.actor.fsdp_config.{k}={v}" for k, v in job["surgery"].items()]
     cfg = compose(model_path, world_size=world_size, overrides=overrides)
 
-    def update(worker, step):
+    expected_rewards = []
+
+    def update(worker, step, record=False):
         data = make_batch(job["batch_size"], seed=100 + step, labels=job.get("labels"))
+        # the driver's per-token scores: a sequence's score on its last response token
+        g = torch.Generator().manual_seed(step)
+        seq_scores = torch.rand(job["batch_size"], generator=g)
+        mask = data.batch["response_mask"]
+        last = mask.cumsum(-1).argmax(-1)
+        data.batch["token_level_scores"] = torch.zeros(mask.shape).scatter(1, last[:, None], seq_scores[:, None])
+        if record:
+            labels = list(data.non_tensor_batch["data_source"])
+            expected_rewards.append({d: float(np.mean([float(s) for s, l in zip(seq_scores, labels) if l == d]))
+                                     for d in sorted(set(labels))})
         td = dp_shard(actor_input(data, cfg), world_size, rank)
         output = worker.update_actor(td)
         engine = worker.actor.engine
@@ -427,7 +439,7 @@ def train_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
     straight = build_worker(cfg)
     params, metrics, held = [], [], []
     for step in range(job["steps"]):
-        p, m, h = update(straight, step)
+        p, m, h = update(straight, step, record=True)
         params.append(p), metrics.append(m), held.append(h)
     del straight
 
@@ -443,4 +455,5 @@ def train_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
     if rank == 0:
         torch.save({"params": params, "metrics": metrics, "held": held, "resumed_params": resumed_params,
                     "checkpoint_files": sorted(os.listdir(checkpoint)),
-                    "refused": refused}, Path(out_dir) / "result.pt")
+                    "refused": refused,
+                    "expected_rewards": expected_rewards}, Path(out_dir) / "result.pt")

@@ -48,6 +48,12 @@ def test_metrics_reach_verl_under_mgs_keys(trained):
         assert "mgs/nonfinite_flags" not in metrics  # not a scalar
 
 
+def test_per_domain_rewards_are_the_domains_mean_sequence_scores(trained):
+    assert len(trained["expected_rewards"]) == JOB["steps"]
+    for metrics, expected in zip(trained["metrics"], trained["expected_rewards"]):
+        assert {d: metrics[f"mgs/reward/{d}"][0] for d in DOMAINS} == pytest.approx(expected, rel=1e-6)
+
+
 def test_domain_losses_add_up_to_verls_loss(trained):
     for metrics in trained["metrics"]:
         total = sum(metrics[f"mgs/loss/{d}"][0] for d in DOMAINS)
