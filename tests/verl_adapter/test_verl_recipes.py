@@ -1,0 +1,167 @@
+"""recipes/verl: every YAML composes with verl 0.9.1's config and builds the MGS engine config; the data-prep
+script writes files verl reads; ``MixtureDataset`` holds the proportions in every train batch; the reward
+function scores each domain. In-process (no workers): hydra, verl's dataset factory and the reward function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _jobs import verl_installed
+
+if not verl_installed():
+    pytest.skip("verl is not installed (pip install -e '.[verl]')", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "recipes" / "verl"
+ARMS = sorted(p.stem for p in RECIPES.glob("mgs_*.yaml") if p.stem != "mgs_common")
+
+
+def compose(name: str, overrides: list[str] = ()):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(RECIPES), version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def test_the_recipes_cover_both_models_both_domain_sets_and_every_arm():
+    expected = {f"mgs_{m}_{s}{arm}" for m in ("qwen2.5_7b", "llama3.1_8b") for s in ("math_chat", "math_chat_if")
+                for arm in ("", "_none", "_global")}
+    assert set(ARMS) == expected
+
+
+@pytest.mark.parametrize("name", ARMS)
+def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name):
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.dataset.rl_dataset import get_dataset_class
+
+    from verl_mgs.config import MGSFSDPEngineConfig
+    from verl_mgs.data import MixtureDataset
+
+    cfg = compose(name)
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    arm = name.rsplit("_", 1)[-1] if name.endswith(("_none", "_global")) else "modular"
+    assert isinstance(actor.fsdp_config, MGSFSDPEngineConfig) and actor.fsdp_config.surgery == arm
+    assert actor.strategy == "fsdp2" and actor.optim.lr == 1e-6 and actor.ppo_mini_batch_size == 64
+    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.algorithm.adv_estimator == "grpo"
+    domains = ["math", "chat", "ifeval"] if "_if" in name else ["math", "chat"]
+    assert list(actor.fsdp_config.domains) == domains and set(cfg.data.mixture.proportions) == set(domains)
+    assert get_dataset_class(cfg.data) is MixtureDataset
+    assert get_custom_reward_fn(cfg) is not None
+    # the documented command-line switch needs no "+" on a recipe
+    assert compose(name, ["actor_rollout_ref.actor.fsdp_config.surgery=global"]).actor_rollout_ref.actor.fsdp_config.surgery == "global"
+
+
+# ----------------------------------------------------------------------------- data prep + mixture
+def _write_sources(folder: Path, n: int = 30) -> dict[str, Path]:
+    rows = {
+        "math": [{"problem": f"What is {i} + {i}?", "solution": f"It is $\\boxed{{{2 * i}}}$."} for i in range(n)]
+        + [{"problem": "no answer", "solution": "none"}],  # no \boxed: dropped
+        "chat": [{"prompt": f"tell me about topic {i}"} for i in range(n)],
+        "ifeval": [{"prompt": f"write {i} words, no commas", "instruction_id_list": ["punctuation:no_comma",
+                    "length_constraints:number_words"], "kwargs": [{}, {"num_words": 3, "relation": "at least"}]}
+                   for i in range(n)]
+        + [{"prompt": "x", "instruction_id_list": ["language:response_language"], "kwargs": [{"language": "de"}]}],
+    }
+    paths = {}
+    for domain, items in rows.items():
+        paths[domain] = folder / f"{domain}.jsonl"
+        paths[domain].write_text("".join(json.dumps(r) + "\n" for r in items))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    sys.path.insert(0, str(RECIPES))
+    import prepare_data
+
+    folder = tmp_path_factory.mktemp("sources")
+    paths = _write_sources(folder)
+    out = folder / "mgs"
+    prepare_data.main(["--out", str(out), "--test-size", "5", "--math-dataset", str(paths["math"]),
+                       "--chat-dataset", str(paths["chat"]), "--ifeval-dataset", str(paths["ifeval"])])
+    return out
+
+
+def _tokenizer():
+    from mgs.toy import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    return tokenizer
+
+
+def _dataset(prepared: Path, overrides: list[str] = (), files: str = "train"):
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    train = [str(prepared / d / "train.parquet") for d in ("math", "chat", "ifeval")]
+    val = [str(prepared / d / "test.parquet") for d in ("math", "chat", "ifeval")]
+    cfg = compose("mgs_qwen2.5_7b_math_chat_if", [f"data.train_files=[{','.join(train)}]",
+                                                  f"data.val_files=[{','.join(val)}]",
+                                                  "data.train_batch_size=6", *overrides])
+    return create_rl_dataset(train if files == "train" else val, cfg.data, _tokenizer(), None)
+
+
+def test_prepared_files_drop_unscorable_rows(prepared):
+    import datasets
+
+    sizes = {d: len(datasets.Dataset.from_parquet(str(prepared / d / "train.parquet"))) for d in ("math", "chat", "ifeval")}
+    assert sizes == {"math": 25, "chat": 25, "ifeval": 25}  # 30 usable rows - 5 test rows each
+
+
+def test_mixture_dataset_holds_the_proportions_in_every_train_batch(prepared):
+    dataset = _dataset(prepared)
+    sources = dataset.dataframe["data_source"]
+    assert len(sources) == len(dataset) and len(dataset) % 6 == 0 and len(dataset) >= 75
+    for start in range(0, len(sources), 6):
+        assert Counter(sources[start:start + 6]) == {"math": 2, "chat": 2, "ifeval": 2}, start
+    again = _dataset(prepared)
+    assert again.dataframe["extra_info"] == dataset.dataframe["extra_info"]  # seeded: the same layout every time
+    assert _dataset(prepared, ["data.mixture.seed=1"]).dataframe["extra_info"] != dataset.dataframe["extra_info"]
+    row = dataset[0]  # verl's __getitem__ works on the reordered rows
+    assert "input_ids" in row or "raw_prompt" in row
+
+
+def test_mixture_dataset_leaves_validation_files_alone(prepared):
+    dataset = _dataset(prepared, files="val")
+    assert dataset.dataframe["data_source"] == ["math"] * 5 + ["chat"] * 5 + ["ifeval"] * 5
+
+
+def test_mixture_dataset_errors(prepared):
+    with pytest.raises(ValueError, match="data.shuffle=false"):
+        _dataset(prepared, ["data.shuffle=true"])
+    with pytest.raises(ValueError, match="'ifeval'.*does not list"):
+        _dataset(prepared, ["~data.mixture.proportions.ifeval", "data.mixture.proportions.math=0.5",
+                            "data.mixture.proportions.chat=0.5"])
+    with pytest.raises(KeyError, match="'source'.*columns are"):
+        _dataset(prepared, ["data.mixture.domain_key=source"])
+
+
+# ----------------------------------------------------------------------------- rewards
+def test_reward_function_scores_each_domain(prepared):
+    import datasets
+
+    from verl_mgs.rewards import compute_score
+
+    def first(domain):
+        return datasets.Dataset.from_parquet(str(prepared / domain / "train.parquet"))[0]
+
+    math = first("math")
+    answer = math["reward_model"]["ground_truth"]
+    assert compute_score("math", f"so \\boxed{{{answer}}}", answer, math["extra_info"]) == 1.0
+    assert compute_score("math", "\\boxed{-1}", answer, math["extra_info"]) == 0.0
+    ifeval = first("ifeval")
+    assert compute_score("ifeval", "three words here", "", ifeval["extra_info"]) == 1.0
+    assert compute_score("ifeval", "two, words", "", ifeval["extra_info"]) == 0.0  # a comma, and 2 words
+    assert compute_score("ifeval", "a, b c", "", ifeval["extra_info"]) == 0.5
+    with pytest.raises(ValueError, match="reward.reward_model.enable=true"):
+        compute_score("chat", "hello", "", first("chat")["extra_info"])
+    with pytest.raises(ValueError, match="'code'"):
+        compute_score("code", "x", "", {"domain": "code"})

@@ -1,0 +1,87 @@
+"""``MixtureDataset``: verl's ``RLHFDataset`` reordered so every train batch holds fixed domain proportions.
+
+In a recipe (or with ``+`` on the command line)::
+
+    data:
+      custom_cls: {path: pkg://verl_mgs.data, name: MixtureDataset}
+      shuffle: false                 # the order is the mixture; a random sampler would undo it
+      mixture:
+        proportions: {math: 0.5, chat: 0.5}
+        domain_key: data_source      # or a dotted path into a dict column: extra_info.domain
+        seed: 0
+        stopping: cycle              # or first_exhausted (no row repeats)
+
+The rows of all ``train_files`` are read and filtered by verl, then laid out with
+:func:`mgs.data.plan_mixture`: every block of ``data.gen_batch_size`` (else ``data.train_batch_size``)
+prompts holds the same per-domain counts (largest remainder), in a seeded order. verl's sequential
+sampler then reads one block per step. The layout is rebuilt from the files and the seed whenever verl
+re-reads them (a resumed run continues it exactly). Validation files are left as they are.
+
+What the proportions survive: the rollout repeats each prompt ``rollout.n`` times, so a train batch
+keeps them. Filtered prompts (``filter_overlong_prompts``) are dropped before planning. What breaks them:
+``data.shuffle=true`` (refused), ``trainer.balance_batch=true`` (verl's default; it regroups rows across
+DP ranks by length, so each *rank* sees other proportions while the *batch* keeps them: surgery does not
+care, it reduces every domain over all ranks), and dynamic sampling that drops groups after rollout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verl.utils.dataset.rl_dataset import RLHFDataset
+
+from mgs.data import plan_mixture
+
+
+def row_domain(row: dict[str, Any], key: str) -> str:
+    """The domain of ``row`` under ``key`` (``"a.b"``: column ``a``, then key ``b`` of its dict)."""
+    head, _, rest = key.partition(".")
+    value = row[head]
+    for part in rest.split(".") if rest else ():
+        value = value[part]
+    return str(value)
+
+
+class MixtureDataset(RLHFDataset):
+    """``RLHFDataset`` whose rows are laid out by :func:`mgs.data.plan_mixture` (settings in ``data.mixture``)."""
+
+    def _read_files_and_tokenize(self):
+        super()._read_files_and_tokenize()
+        if self._is_validation():
+            return
+        mixture = self.config.get("mixture")
+        if mixture is None or not mixture.get("proportions"):
+            raise ValueError("data.custom_cls=verl_mgs.data.MixtureDataset needs data.mixture.proportions, e.g. "
+                             "+data.mixture.proportions='{math: 0.5, chat: 0.5}'.")
+        if self.config.get("shuffle", True):
+            raise ValueError("MixtureDataset lays out each train batch's domains in order; data.shuffle=true would "
+                             "draw rows at random and undo it. Set data.shuffle=false (the mixture is seeded).")
+        key = mixture.get("domain_key", "data_source")
+        head = key.partition(".")[0]
+        if head not in self.dataframe.column_names:
+            raise KeyError(f"data.mixture.domain_key {key!r}: the data has no column {head!r}; its columns are "
+                           f"{sorted(self.dataframe.column_names)}.")
+        proportions = {str(d): float(p) for d, p in dict(mixture["proportions"]).items()}
+        by_domain: dict[str, list[int]] = {d: [] for d in proportions}
+        for i, row in enumerate(self.dataframe.select_columns([head])):
+            domain = row_domain(row, key)
+            if domain not in by_domain:
+                raise ValueError(f"row {i} has domain {domain!r}, which data.mixture.proportions does not list "
+                                 f"({sorted(proportions)}); add it or filter the data.")
+            by_domain[domain].append(i)
+        batch_size = self.config.get("gen_batch_size") or self.config.train_batch_size
+        plan = plan_mixture({d: len(rows) for d, rows in by_domain.items()}, proportions, int(batch_size),
+                            seed=int(mixture.get("seed", 0)), stopping=str(mixture.get("stopping", "cycle")))
+        self.mixture_plan = plan
+        self.dataframe = self.dataframe.select([by_domain[d][i] for d, i in plan.rows()])
+
+    def _is_validation(self) -> bool:
+        val_files = self.config.get("val_files")
+        if val_files is None:
+            return False
+        val_files = [val_files] if isinstance(val_files, str) else list(val_files)
+        return list(self.original_data_files) == val_files and val_files != self._train_files()
+
+    def _train_files(self) -> list:
+        train = self.config.get("train_files")
+        return [train] if isinstance(train, str) else list(train or [])
