@@ -10,8 +10,8 @@ CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +-*=?:.,")
 PAD, EOS = 0, 1
 
 
-def write_tiny_model(path: str | Path, seed: int = 0) -> str:
-    """A 2-layer Qwen2 (hidden 16) and a char tokenizer, saved where verl's HFModelConfig can load them."""
+def write_tiny_model(path: str | Path, seed: int = 0, hidden: int = 16, layers: int = 2) -> str:
+    """A Qwen2 (2 layers, hidden 16 by default) and a char tokenizer, saved where verl's HFModelConfig loads them."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from mgs.toy import char_tokenizer
@@ -22,7 +22,7 @@ def write_tiny_model(path: str | Path, seed: int = 0) -> str:
     tokenizer = char_tokenizer(CHARS)  # <pad> = 0 = PAD, <eos> = 1 = EOS
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
         pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None, tie_word_embeddings=False,
     )
