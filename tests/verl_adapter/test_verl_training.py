@@ -79,3 +79,20 @@ def test_resume_from_a_verl_checkpoint_continues_identically(trained):
 def test_unsupported_settings_are_refused_when_the_actor_is_built(trained):
     assert "strategy=fsdp2" in trained["refused"]["fsdp1"] and "'fsdp'" in trained["refused"]["fsdp1"]
     assert "ulysses_sequence_parallel_size" in trained["refused"]["ulysses"]
+
+
+def test_every_emitted_metric_is_documented(trained):
+    """docs/verl.md lists the adapter's own keys; the surgery statistics are those of docs/metrics.md."""
+    root = Path(__file__).resolve().parents[2]
+    verl_doc = (root / "docs" / "verl.md").read_text()
+    stats_doc = (root / "docs" / "metrics.md").read_text()
+    kinds = ("attention", "mlp", "embedding", "norm", "other")
+    emitted = {k for metrics in trained["metrics"] for k in metrics if k.startswith("mgs/")}
+    assert emitted
+    for key in emitted:
+        parts = ["{domain}" if p in DOMAINS else "{kind}" if p in kinds else p for p in key.split("/")]
+        generic = "/".join(parts)
+        if parts[1] in ("loss", "reward"):
+            assert f"`{generic}`" in verl_doc, key
+        else:
+            assert f"`{generic[len('mgs/'):]}`" in stats_doc, key
