@@ -3,6 +3,8 @@
     python benchmarks/toy_multidomain.py                 # the default run: 8 arms x 2 settings x 10 seeds
     python benchmarks/toy_multidomain.py --quick         # smoke run (seconds; writes under runs/ unless --out)
     python benchmarks/toy_multidomain.py --seeds 3 --steps 60 --arms none,modular --settings default
+    python benchmarks/toy_multidomain.py --from-json docs/results/toy_multidomain.json --compare modular-global
+    python benchmarks/toy_multidomain.py --noise-check 16,32,64    # gradient noise floor (seconds)
 
 Per seed, a tiny Qwen2-architecture causal LM (:func:`mgs.toy.tiny_causal_lm`, random weights, no download)
 is warm-started once with TRL's ``SFTTrainer`` on the three toy domains of :mod:`mgs.toy` (copy, reverse,
@@ -40,6 +42,17 @@ mean of the evaluation curve over training (trapezoid over steps, divided by the
 Each arm's metrics are compared with naive mixing (``none``) seed by seed: mean of the paired
 difference with a 95% t-interval over seeds. ``update norm`` and ``change ratio`` are the per-step
 means of the logged ``mgs/update_norm`` and ``mgs/change_ratio``, averaged over seeds.
+
+``--compare A-B[,C-D...]`` tabulates the same paired per-seed difference (same t-interval) between any two arms,
+per setting: with ``--from-json``, from a saved run without training, into ``toy_multidomain_compare.md``; in a
+training run, as an extra section of ``toy_multidomain.md``.
+
+``--noise-check N[,N...]`` measures instead how much of a domain's GRPO gradient is batch noise, for N completions
+per domain batch: from the benchmark's warm start (seed 0; seeds 0..S-1 with ``--seeds S``), each domain split
+into two pseudo-domains (``copy#a``, ``copy#b``: two independent prompt batches, the reward routed by the real
+domain), ``NOISE_STEPS`` GRPO steps at learning rate 0 with ``surgery="none"``, and at each step the whole-model
+cosines from the Gram matrix of the pseudo-domains' gradients: same domain (``d#a`` vs ``d#b``, the noise floor)
+vs different domains. Writes ``toy_multidomain_noise.md`` and ``.json`` to ``--out``.
 
 Writes ``toy_multidomain.md`` (the tables, command and wall time), ``toy_multidomain.json`` (config,
 per-run curves and checksums, the summary) and ``toy_multidomain.png`` (per-domain evaluation curves per
@@ -231,6 +244,23 @@ def _evaluate(model, tokenizer, rows: dict[str, list[dict]], size: Size, seed: i
     return out
 
 
+def _grpo_config(size: Size, seed: int, output_dir: str, per_step: int, scale_rewards: str, domains: list[str],
+                 learning_rate: float, steps: int, **overrides):
+    """The ``MGSGRPOConfig`` of every GRPO run here: one micro-batch of ``per_step`` completions per step, data in
+    order, ``beta=0``, constant learning rate, logging every step."""
+    from trl_mgs import MGSGRPOConfig
+
+    return MGSGRPOConfig(
+        output_dir=output_dir, use_cpu=True, bf16=False, gradient_checkpointing=False, beta=0.0,
+        num_generations=size.num_generations, per_device_train_batch_size=per_step,
+        gradient_accumulation_steps=1, shuffle_dataset=False, max_completion_length=size.max_completion_length,
+        temperature=1.0, learning_rate=learning_rate, lr_scheduler_type="constant", max_steps=steps,
+        logging_steps=1, save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
+        scale_rewards=scale_rewards, domains=domains, domain_column="domain",
+        dataloader_num_workers=0, **overrides,
+    )
+
+
 def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> dict:
     """One GRPO run of ``arm`` under ``setting`` from the seed's warm start; returns its curves and statistics."""
     import torch
@@ -238,7 +268,7 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
 
     from mgs.toy import char_tokenizer, target, tiny_causal_lm
     from mgs.toy import score as toy_score
-    from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
+    from trl_mgs import MGSGRPOTrainer
 
     start = time.perf_counter()
     overrides = dict(ARMS[arm])
@@ -272,15 +302,8 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
                 self._record(state.global_step, model)
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = MGSGRPOConfig(
-            output_dir=tmp, use_cpu=True, bf16=False, gradient_checkpointing=False, beta=0.0,
-            num_generations=size.num_generations, per_device_train_batch_size=per_step,
-            gradient_accumulation_steps=1, shuffle_dataset=False, max_completion_length=size.max_completion_length,
-            temperature=1.0, learning_rate=size.learning_rate, lr_scheduler_type="constant", max_steps=size.steps,
-            logging_steps=1, save_strategy="no", report_to="none", seed=seed, disable_tqdm=True,
-            scale_rewards=conf["scale_rewards"], domains=list(size.domains), domain_column="domain",
-            dataloader_num_workers=0, **overrides,
-        )
+        args = _grpo_config(size, seed, tmp, per_step, conf["scale_rewards"], list(size.domains), size.learning_rate,
+                            size.steps, **overrides)
         from datasets import Dataset
 
         dataset = Dataset.from_list(_grpo_rows(size, seed, sequential))
@@ -302,6 +325,209 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
         "cosine_global": series("mgs/cosine_global"), "conflict_frac": series("mgs/conflict_frac"),
         "seconds": time.perf_counter() - start,
     }
+
+
+# --------------------------------------------------------------------------------------------- noise floor
+NOISE_STEPS = 6
+"""GRPO steps (at learning rate 0) of the noise check."""
+
+
+def pseudo_domains(domains: tuple[str, ...] | list[str]) -> list[str]:
+    """Each domain split in two: ``copy#a``, ``copy#b``, ``reverse#a``, ... (the reward reads the part before ``#``)."""
+    return [f"{d}#{half}" for d in domains for half in "ab"]
+
+
+def _noise_rows(size: Size, seed: int, prompts: int, steps: int) -> list[dict]:
+    """The noise check's prompts in training order: ``prompts`` of each pseudo-domain per step. Both halves of a
+    domain draw from the benchmark's pool of that domain (seed + 1): ``#a`` its first ``steps * prompts`` rows,
+    ``#b`` the next ones, so the two batches of a domain are independent draws of the same distribution."""
+    from mgs.data import interleave_domains
+    from mgs.toy import domain_rows
+
+    n = steps * prompts
+    sources = {}
+    for d in size.domains:
+        pool = [{"prompt": r["prompt"], "digits": r["digits"]} for r in domain_rows(d, 2 * n, size.digits, seed=seed + 1)]
+        sources[f"{d}#a"], sources[f"{d}#b"] = pool[:n], pool[n:]
+    names = pseudo_domains(size.domains)
+    mixed = interleave_domains(sources, {p: 1 / len(names) for p in names}, batch_size=prompts * len(names),
+                               seed=seed, num_batches=steps, stopping="first_exhausted")
+    return [dict(row) for row in mixed]
+
+
+def noise_run(size: Size, seed: int, prompts: int, steps: int, warm_path: str) -> dict:
+    """``steps`` GRPO steps at learning rate 0 from the seed's warm start, on the pseudo-domains (``prompts`` per
+    pseudo-domain per step, ``size.num_generations`` completions each), with ``surgery="none"``. Returns the
+    whole-model Gram matrix of the pseudo-domains' gradients at every step.
+
+    The Gram matrices are read where ``GradientSurgery.apply`` hands them to its ``_weights`` (mgs/_surgery.py),
+    summed over groups: the whole model. This wraps that method on this trainer's surgery object only; the mean
+    cosine over all pairs is checked against the logged ``mgs/cosine_global`` of the same step."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from mgs.toy import char_tokenizer, target, tiny_causal_lm
+    from mgs.toy import score as toy_score
+    from trl_mgs import MGSGRPOTrainer
+
+    start = time.perf_counter()
+    names = pseudo_domains(size.domains)
+
+    def toy_reward(completions, domain, digits, **kwargs):  # routed by the real domain
+        return [toy_score(c, target(d.split("#")[0], x)) for c, d, x in zip(completions, domain, digits)]
+
+    tokenizer = char_tokenizer()
+    model = tiny_causal_lm(hidden=size.hidden, layers=size.layers, seed=seed)
+    model.load_state_dict(torch.load(warm_path, weights_only=True))
+    before = _checksum(model)
+    grams: list[list[list[float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        per_step = prompts * len(names) * size.num_generations
+        args = _grpo_config(size, seed, tmp, per_step, SETTINGS["default"]["scale_rewards"], names, 0.0, steps,
+                            surgery="none")
+        trainer = MGSGRPOTrainer(model=model, reward_funcs=[toy_reward], args=args,
+                                 train_dataset=Dataset.from_list(_noise_rows(size, seed, prompts, steps)),
+                                 processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        weights = trainer.surgery._weights
+
+        def recording(clean, nonfinite, step):
+            grams.append(clean.sum(0).tolist())  # [K, K]: the whole model's Gram (all groups, no non-finite here)
+            return weights(clean, nonfinite, step)
+
+        trainer.surgery._weights = recording
+        trainer.train()
+    logged = [h["mgs/cosine_global"] for h in trainer.state.log_history if "mgs/cosine_global" in h]
+    if len(logged) != len(grams) or len(grams) != steps:
+        raise RuntimeError(f"noise check: {len(grams)} Gram matrices and {len(logged)} logged steps for {steps} steps.")
+    for gram, value in zip(grams, logged):  # a pseudo-domain with a zero gradient has no cosine (NaN, skipped)
+        cos = _cosines(gram)
+        mean = _finite_mean([cos[i][j] for i in range(len(names)) for j in range(i + 1, len(names))])
+        value = float("nan") if value is None else value
+        if not (abs(mean - value) <= 1e-4 or (math.isnan(mean) and math.isnan(value))):
+            raise RuntimeError(f"noise check: mean cosine {mean} of the captured Gram != logged cosine_global {value}.")
+    return {"seed": seed, "prompts": prompts, "completions": prompts * size.num_generations, "domains": names,
+            "checksum_before": before, "checksum_after": _checksum(trainer.model), "grams": grams,
+            "cosine_global": logged, "seconds": time.perf_counter() - start}
+
+
+def _finite_mean(xs: list[float]) -> float:
+    return _mean([x for x in xs if x is not None and not math.isnan(x)])
+
+
+def _cosines(gram: list[list[float]]) -> list[list[float]]:
+    k = len(gram)
+    return [[gram[i][j] / math.sqrt(gram[i][i] * gram[j][j]) if gram[i][i] > 0 and gram[j][j] > 0 else float("nan")
+             for j in range(k)] for i in range(k)]
+
+
+def noise_summary(runs: list[dict]) -> dict:
+    """Per completions per domain batch: per step (and seed), the mean whole-model cosine of the same-domain pairs
+    (``d#a``, ``d#b``) and of the cross-domain pairs; their mean and std over steps, the same-domain cosine per
+    domain, and the paired difference same − cross over steps (:func:`paired`)."""
+    out: dict = {}
+    for c in sorted({r["completions"] for r in runs}):
+        same, cross, per_domain, missing = [], [], {}, 0
+        for run in (r for r in runs if r["completions"] == c):
+            real = [n.split("#")[0] for n in run["domains"]]
+            k = len(real)
+            for gram in run["grams"]:
+                cos = _cosines(gram)
+                pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+                missing += sum(math.isnan(cos[i][j]) for i, j in pairs)
+                s = _finite_mean([cos[i][j] for i, j in pairs if real[i] == real[j]])
+                x = _finite_mean([cos[i][j] for i, j in pairs if real[i] != real[j]])
+                if math.isnan(s) or math.isnan(x):
+                    continue  # a step without a usable pair of either kind
+                same.append(s)
+                cross.append(x)
+                for i, j in pairs:
+                    if real[i] == real[j] and not math.isnan(cos[i][j]):
+                        per_domain.setdefault(real[i], []).append(cos[i][j])
+        out[str(c)] = {
+            "prompts": next(r["prompts"] for r in runs if r["completions"] == c), "n": len(same),
+            "pairs_without_cosine": missing,
+            "same": _mean(same), "same_std": _std(same), "cross": _mean(cross), "cross_std": _std(cross),
+            "same_by_domain": {d: _mean(v) for d, v in per_domain.items()},
+            "same_minus_cross": paired([a - b for a, b in zip(same, cross)]),
+            "same_steps": same, "cross_steps": cross,
+        }
+    return out
+
+
+def noise_markdown(result: dict) -> str:
+    size, summary = result["size"], result["summary"]
+    runs, domains = result["runs"], result["size"]["domains"]
+    unchanged = all(r["checksum_before"] == r["checksum_after"] for r in runs)
+    warm = ", ".join(f"seed {w['seed']}: {w['checksum']}" for w in result["warm_starts"])
+    lines = [
+        "## Noise floor: the same domain in two batches vs different domains",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Wall time: {result['wall_seconds']:.0f} s on {result['workers']} worker processes, one torch thread each.",
+        "",
+        f"Each domain is split into two pseudo-domains (`{domains[0]}#a`, `{domains[0]}#b`, ...: two independent prompt "
+        f"batches of that domain, the reward routed by the real domain). From the benchmark's warm start (weights "
+        f"checksum {warm}), {result['steps']} GRPO steps at learning rate 0 with `MGSGRPOTrainer`, "
+        f"`surgery=\"none\"`, the `default` setting (`scale_rewards=\"group\"`), {size['num_generations']} completions "
+        f"per prompt (weights unchanged after the steps: {'yes' if unchanged else 'NO'}). At each step, the whole-model "
+        f"cosines come from the Gram matrix of the {2 * len(domains)} pseudo-domains' gradients: same domain = the "
+        f"{len(domains)} pairs (`d#a`, `d#b`); different domains = the other "
+        f"{len(domains) * (2 * len(domains) - 1) - len(domains)} pairs. Cells: mean ± std over the "
+        f"{result['steps']} steps{' and seeds' if len(result['seeds']) > 1 else ''}; same − different: mean of the "
+        "per-step difference with its 95% t-interval over steps.",
+        "",
+        "| completions per domain batch | same domain, two batches (noise floor) | different domains | same − different | "
+        + " | ".join(f"same: {d}" for d in domains) + " |",
+        "|---" * (4 + len(domains)) + "|",
+    ]
+    for c, row in summary.items():
+        plural = "s" if row["prompts"] > 1 else ""
+        label = f"{c} ({row['prompts']} prompt{plural} × {size['num_generations']})"
+        if row["prompts"] == size["prompts_per_domain"]:
+            label += ": **the default**"
+        diff = row["same_minus_cross"]
+        cells = [label, f"{row['same']:+.3f} ± {row['same_std']:.3f}", f"{row['cross']:+.3f} ± {row['cross_std']:.3f}",
+                 f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"]
+        cells += [f"{row['same_by_domain'].get(d, float('nan')):+.3f}" for d in domains]
+        lines.append("| " + " | ".join(cells) + " |")
+    missing = {c: row["pairs_without_cosine"] for c, row in summary.items() if row["pairs_without_cosine"]}
+    if missing:
+        lines += ["", "Pairs without a cosine (a pseudo-domain whose gradient was zero: every completion of each of "
+                  f"its prompts got the same reward), left out: {missing}."]
+    return "\n".join(lines) + "\n"
+
+
+def noise_check(args: argparse.Namespace, size: Size, command: str, out: Path) -> dict:
+    """The noise check of ``--noise-check``: writes ``toy_multidomain_noise.md`` and ``.json`` to ``out``."""
+    seeds = list(range(args.seeds)) if args.seeds is not None else [0]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as warm_dir, ProcessPoolExecutor(
+        max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+    ) as pool:
+        paths = {seed: os.path.join(warm_dir, f"warm_seed{seed}.pt") for seed in seeds}
+        warm = list(pool.map(warm_start, [size] * len(seeds), seeds, [paths[s] for s in seeds]))
+        print(f"warm starts done at {time.perf_counter() - start:.0f} s", flush=True)
+        jobs = [(seed, c // size.num_generations) for seed in seeds for c in args.noise_list]
+        futures = [pool.submit(noise_run, size, seed, prompts, NOISE_STEPS, paths[seed]) for seed, prompts in jobs]
+        runs = []
+        for future in futures:
+            runs.append(future.result())
+            print(f"seed {runs[-1]['seed']}, {runs[-1]['completions']} completions per domain batch: "
+                  f"{runs[-1]['seconds']:.1f} s", flush=True)
+    result = {"command": command, "wall_seconds": time.perf_counter() - start, "workers": args.workers, "seeds": seeds,
+              "steps": NOISE_STEPS, "size": asdict(size) | {"domains": list(size.domains)}, "warm_starts": warm,
+              "summary": noise_summary(runs), "runs": runs}
+    table = noise_markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "toy_multidomain_noise.json", "w") as f:
+        json.dump(_rounded(result), f, separators=(",", ":"))
+    (out / "toy_multidomain_noise.md").write_text(table)
+    print("\n" + table)
+    print(f"wrote {out}/toy_multidomain_noise.md, .json")
+    return result
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -353,12 +579,27 @@ def run_metrics(run: dict, domains: list[str]) -> dict[str, float]:
     return out
 
 
+def _metrics_by_arm(runs: list[dict], domains: list[str], setting: str, arms: list[str]) -> dict[str, dict[int, dict]]:
+    """Arm -> seed -> :func:`run_metrics` of that run, for the runs of ``setting``."""
+    return {a: {r["seed"]: run_metrics(r, domains) for r in runs if r["setting"] == setting and r["arm"] == a}
+            for a in arms}
+
+
+def paired_diffs(a: dict[int, dict], b: dict[int, dict]) -> dict[str, dict]:
+    """Per reward metric (``final/...``, ``auc/...``): :func:`paired` of the per-seed differences a − b over the
+    seeds both have. ``a`` and ``b`` map seed -> :func:`run_metrics`."""
+    seeds = sorted(a)
+    keys = list(a[seeds[0]]) if seeds else []
+    common = [s for s in seeds if s in b]
+    return {key: paired([a[s][key] - b[s][key] for s in common])
+            for key in keys if key.startswith("final/") or key.startswith("auc/")}
+
+
 def summarize(runs: list[dict], domains: list[str], arms: list[str], settings: list[str]) -> dict:
     """Per (setting, arm): mean and std over seeds of every metric, and the paired difference against ``none``."""
     summary: dict = {}
     for setting in settings:
-        by_arm = {a: {r["seed"]: run_metrics(r, domains) for r in runs if r["setting"] == setting and r["arm"] == a}
-                  for a in arms}
+        by_arm = _metrics_by_arm(runs, domains, setting, arms)
         summary[setting] = {}
         for arm in arms:
             seeds = sorted(by_arm[arm])
@@ -367,11 +608,20 @@ def summarize(runs: list[dict], domains: list[str], arms: list[str], settings: l
             for key in keys:
                 values = [by_arm[arm][s][key] for s in seeds]
                 row["mean"][key], row["std"][key] = _mean(values), _std(values)
-                if "none" in by_arm and (key.startswith("final/") or key.startswith("auc/")):
-                    common = [s for s in seeds if s in by_arm["none"]]
-                    row["diff"][key] = paired([by_arm[arm][s][key] - by_arm["none"][s][key] for s in common])
+            if "none" in by_arm:
+                row["diff"] = paired_diffs(by_arm[arm], by_arm["none"])
             summary[setting][arm] = row
     return summary
+
+
+def compare(runs: list[dict], domains: list[str], settings: list[str], pairs: list[tuple[str, str]]) -> dict:
+    """Setting -> "A-B" -> the paired per-seed differences A − B of every reward metric (:func:`paired_diffs`, the
+    same statistic as the table's difference against ``none``)."""
+    out: dict = {}
+    for setting in settings:
+        by_arm = _metrics_by_arm(runs, domains, setting, sorted({a for pair in pairs for a in pair}))
+        out[setting] = {f"{a}-{b}": paired_diffs(by_arm[a], by_arm[b]) for a, b in pairs}
+    return out
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -427,15 +677,41 @@ def markdown(result: dict) -> str:
             cells += [_pm(row, f"auc/{d}") for d in domains] + [_pm(row, "auc/mean")]
             cells += [f"{row['mean']['update_norm']:.3g}", f"{row['mean']['change_ratio']:.3f}"]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", "### Paired difference against `none` (95% t-interval over seeds)", "",
-                  "| arm | " + " | ".join(f"Δ {d} final" for d in domains) + " | **Δ mean final** | "
-                  + " | ".join(f"Δ {d} AUC" for d in domains) + " | **Δ mean AUC** |",
-                  "|---" * (2 * len(domains) + 3) + "|"]
+        lines += ["", "### Paired difference against `none` (95% t-interval over seeds)", "", *_diff_header(["arm"], domains)]
         for arm, row in rows.items():
-            cells = [_ci(row, f"final/{d}") for d in domains + ["mean"]] + [_ci(row, f"auc/{d}") for d in domains + ["mean"]]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+            lines.append(f"| {arm} | " + " | ".join(_diff_cells(row["diff"], domains)) + " |")
+    if result.get("comparisons"):
+        lines += ["", compare_markdown(result["comparisons"], domains).rstrip("\n")]
     lines += ["", "Curves: `toy_multidomain.png`; per-run data and checksums: `toy_multidomain.json`.", ""]
     return "\n".join(lines)
+
+
+def _diff_header(first: list[str], domains: list[str]) -> list[str]:
+    """Header and separator of a table of paired differences whose first columns are ``first``."""
+    return ["| " + " | ".join(first) + " | " + " | ".join(f"Δ {d} final" for d in domains) + " | **Δ mean final** | "
+            + " | ".join(f"Δ {d} AUC" for d in domains) + " | **Δ mean AUC** |",
+            "|---" * (2 * len(domains) + 2 + len(first)) + "|"]
+
+
+def _diff_cells(diffs: dict, domains: list[str]) -> list[str]:
+    """The cells of one row of paired differences (:func:`paired_diffs`), in :func:`_diff_header`'s order."""
+    row = {"diff": diffs}
+    return [_ci(row, f"final/{d}") for d in [*domains, "mean"]] + [_ci(row, f"auc/{d}") for d in [*domains, "mean"]]
+
+
+def compare_markdown(comparisons: dict, domains: list[str], command: str | None = None) -> str:
+    """The table of :func:`compare`'s paired differences between arms, one row per (setting, comparison)."""
+    lines = ["## Paired differences between arms (95% t-interval over seeds)", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += ["Δ is the mean over seeds of the paired per-seed difference A − B, with its 95% t-interval (the same "
+              "statistic as the difference against `none`); bold where the interval excludes 0.", "",
+              *_diff_header(["setting", "comparison"], domains)]
+    for setting, pairs in comparisons.items():
+        for name, diffs in pairs.items():
+            a, b = name.split("-")
+            lines.append(f"| {setting} | {a} − {b} | " + " | ".join(_diff_cells(diffs, domains)) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -495,14 +771,53 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", default=None, metavar="PATH",
                         help="re-render the table and plot from a saved toy_multidomain.json (no training) into --out "
                              "(default: the JSON's folder)")
+    parser.add_argument("--compare", default=None, metavar="A-B[,C-D...]",
+                        help="also tabulate the paired per-seed differences A − B between arms (same t-interval as the "
+                             "difference against none); with --from-json: only this table, written to "
+                             "toy_multidomain_compare.md in --out (default: the JSON's folder)")
+    parser.add_argument("--noise-check", default=None, metavar="N[,N...]",
+                        help="instead of the benchmark: the gradient noise floor for N completions per domain batch "
+                             f"(multiples of num_generations): each domain split into two pseudo-domains, {NOISE_STEPS} "
+                             "GRPO steps at learning rate 0 from the warm start of seed 0 (seeds 0..S-1 with --seeds S); "
+                             "writes toy_multidomain_noise.md and .json to --out")
     parser.add_argument("--out", default=None,
                         help="output folder (default docs/results; runs/toy_multidomain_quick with --quick)")
     args = parser.parse_args(argv)
+    args.compare_pairs = _pairs(args.compare) if args.compare else []
+    args.noise_list = []
+    if args.noise_check:
+        try:
+            args.noise_list = [int(v) for v in args.noise_check.split(",") if v.strip()]
+        except ValueError:
+            raise SystemExit(f"--noise-check: comma-separated integers, got {args.noise_check!r}.") from None
+        if not args.noise_list or any(n <= 0 for n in args.noise_list):
+            raise SystemExit(f"--noise-check: positive completion counts, got {args.noise_check!r}.")
+        if args.from_json or args.compare:
+            raise SystemExit("--noise-check runs on its own: not with --from-json or --compare.")
     args.arm_list = _names(args.arms, ARMS, "arms")
     if "none" not in args.arm_list:
         args.arm_list = ["none", *args.arm_list]  # the reference of every paired difference
     args.setting_list = _names(args.settings, SETTINGS, "settings")
     return args
+
+
+def _pairs(value: str) -> list[tuple[str, str]]:
+    """``"A-B,C-D"`` -> ``[("A", "B"), ("C", "D")]`` (arm names have no hyphen)."""
+    pairs = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        parts = item.split("-")
+        if len(parts) != 2 or not all(parts):
+            raise SystemExit(f"--compare: each comparison is A-B with two arm names; got {item!r}.")
+        pairs.append((parts[0].strip(), parts[1].strip()))
+    if not pairs:
+        raise SystemExit(f"--compare: no comparison in {value!r}.")
+    return pairs
+
+
+def _check_arms(pairs: list[tuple[str, str]], arms: list[str]) -> None:
+    unknown = sorted({a for pair in pairs for a in pair} - set(arms))
+    if unknown:
+        raise SystemExit(f"--compare: arms {unknown} were not run; the arms are {', '.join(arms)}.")
 
 
 def _rounded(value, digits: int = 6):
@@ -529,11 +844,25 @@ def write(result: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *given])
     if args.from_json:
         source = Path(args.from_json)
+        out = Path(args.out) if args.out else source.parent
         result = json.loads(source.read_text())
-        result["summary"] = summarize(result["runs"], result["size"]["domains"], result["arms"], list(result["settings"]))
-        print(write(result, Path(args.out) if args.out else source.parent))
+        domains, settings = result["size"]["domains"], list(result["settings"])
+        result["summary"] = summarize(result["runs"], domains, result["arms"], settings)
+        if args.compare_pairs:  # only the comparison table; the saved table and plot are left as they are
+            _check_arms(args.compare_pairs, result["arms"])
+            result["comparisons"] = compare(result["runs"], domains, settings, args.compare_pairs)
+            table = compare_markdown(result["comparisons"], domains, command)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "toy_multidomain_compare.md").write_text(table)
+            print(table)
+            return result
+        if result.get("compare"):
+            result["comparisons"] = compare(result["runs"], domains, settings, _pairs(",".join(result["compare"])))
+        print(write(result, out))
         return result
     size = Size(**asdict(QUICK if args.quick else DEFAULT))
     if args.steps is not None:
@@ -544,9 +873,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--steps must be >= {len(size.domains)} (sequential phases) and --eval-every >= 1.")
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 10)))
     out = Path(args.out) if args.out else ROOT / ("runs/toy_multidomain_quick" if args.quick else "docs/results")
+    if args.noise_list:
+        bad = [n for n in args.noise_list if n % size.num_generations]
+        if bad:
+            raise SystemExit(f"--noise-check: {bad} are not multiples of num_generations={size.num_generations}.")
+        return noise_check(args, size, command, out)
+    _check_arms(args.compare_pairs, args.arm_list)
     out.mkdir(parents=True, exist_ok=True)
-    given = sys.argv[1:] if argv is None else argv
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *given])
     start = time.perf_counter()
     jobs = [(s, a, seed) for seed in seeds for s in args.setting_list for a in args.arm_list]
     print(f"{len(seeds)} warm starts, then {len(jobs)} GRPO runs of {size.steps} steps on {args.workers} workers", flush=True)
@@ -572,6 +905,9 @@ def main(argv: list[str] | None = None) -> dict:
         "warm_starts": warm, "summary": summarize(runs, list(size.domains), args.arm_list, args.setting_list),
         "runs": runs,
     }
+    if args.compare_pairs:
+        result["compare"] = [f"{a}-{b}" for a, b in args.compare_pairs]
+        result["comparisons"] = compare(runs, list(size.domains), args.setting_list, args.compare_pairs)
     table = write(result, out)
     print("\n" + table)
     print(f"wrote {out}/toy_multidomain.md, .json, .png ({wall:.0f} s)")

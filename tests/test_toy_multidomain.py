@@ -92,3 +92,68 @@ def test_quick_run(tmp_path):
     for run in runs:
         if run["arm"] in ("none", "sequential"):
             assert all(c == 0 for c in run["change_ratio"] if c is not None)
+
+
+RESULTS = ROOT / "docs" / "results"
+
+
+def test_compare_from_the_committed_json(tmp_path, capsys):
+    """--compare on the committed JSON (no training): A-none is the table's difference against none, A-A is 0."""
+    result = tm.main(["--from-json", str(RESULTS / "toy_multidomain.json"), "--compare", "modular-none,none-none",
+                      "--out", str(tmp_path)])
+    table = (tmp_path / "toy_multidomain_compare.md").read_text()
+    assert not (tmp_path / "toy_multidomain.md").exists()  # only the comparison table is written
+    assert table in capsys.readouterr().out
+    assert "Command: `python benchmarks/toy_multidomain.py --from-json" in table
+    generated = (RESULTS / "toy_multidomain.md").read_text()
+    for setting in result["settings"]:
+        comparisons = result["comparisons"][setting]
+        assert comparisons["modular-none"] == result["summary"][setting]["modular"]["diff"]
+        # The committed table's row "modular" against none, cell for cell.
+        section = generated.split(f"## Setting `{setting}`")[1].split("### Paired difference against `none`")[1]
+        row = next(line for line in section.splitlines() if line.startswith("| modular |"))
+        assert f"| {setting} | modular − none |{row[len('| modular |'):]}" in table.splitlines()
+        assert len(comparisons["none-none"]) == 2 * (len(result["size"]["domains"]) + 1)
+        for key, diff in comparisons["none-none"].items():
+            assert diff["mean"] == diff["lo"] == diff["hi"] == 0.0, (setting, key)
+    with pytest.raises(SystemExit):
+        tm.main(["--from-json", str(RESULTS / "toy_multidomain.json"), "--compare", "modular-nonexistent",
+                 "--out", str(tmp_path)])
+
+
+def test_noise_summary_and_rows():
+    size = tm.Size(steps=6, prompts_per_domain=2)
+    rows = tm._noise_rows(size, 0, 2, 3)
+    names = tm.pseudo_domains(tm.DOMAINS)
+    assert names[:2] == ["copy#a", "copy#b"] and len(names) == 6
+    for step in range(3):  # every step holds 2 prompts of each pseudo-domain
+        assert sorted(r["domain"] for r in rows[step * 12 : (step + 1) * 12]) == sorted(names * 2)
+    for d in tm.DOMAINS:  # the two halves of a domain are different prompts of that domain
+        a = [r["prompt"] for r in rows if r["domain"] == f"{d}#a"]
+        b = [r["prompt"] for r in rows if r["domain"] == f"{d}#b"]
+        assert len(a) == len(b) == 6 and a[0][0] == b[0][0] == d[0]
+
+    # Gram of unit gradients with cosine 0.5 within a domain and 0 across, except one cross pair at -0.3.
+    k = 6
+    gram = [[1.0 if i == j else 0.5 if i // 2 == j // 2 else 0.0 for j in range(k)] for i in range(k)]
+    gram[0][2] = gram[2][0] = -0.3
+    gram = [[4.0 * x for x in row] for row in gram]  # the scale does not matter
+    summary = tm.noise_summary([{"completions": 16, "prompts": 2, "domains": names, "grams": [gram, gram]}])["16"]
+    assert summary["same"] == pytest.approx(0.5) and summary["cross"] == pytest.approx(-0.3 / 12)
+    assert summary["same_by_domain"] == {d: pytest.approx(0.5) for d in tm.DOMAINS}
+    assert summary["same_minus_cross"]["mean"] == pytest.approx(0.5 + 0.3 / 12) and summary["n"] == 2
+
+
+def test_noise_run_tiny(tmp_path):
+    """noise_run end to end on a tiny random model: learning rate 0 leaves the weights alone, one Gram per step."""
+    import torch
+
+    from mgs.toy import tiny_causal_lm
+
+    size = tm.Size(hidden=16, layers=1, num_generations=4, max_completion_length=4)
+    warm = tmp_path / "warm.pt"
+    torch.save(tiny_causal_lm(hidden=16, layers=1, seed=0).state_dict(), warm)
+    run = tm.noise_run(size, 0, 1, 2, str(warm))
+    assert run["checksum_before"] == run["checksum_after"]
+    assert len(run["grams"]) == len(run["cosine_global"]) == 2  # and their mean cosines agree (checked inside)
+    assert all(len(g) == len(row) == 6 for g in run["grams"] for row in g)
