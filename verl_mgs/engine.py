@@ -23,11 +23,12 @@ Metrics (one value per mini-batch, identical on every rank, so verl's DP aggrega
 ``mgs/loss/{domain}`` (this domain's share of verl's ``loss``: they add up to it) and every scalar
 statistic of :meth:`mgs.GradientSurgery.apply` as ``mgs/{key}``; the driver logs them as
 ``actor/mgs/...``. The surgery state (step counter, Gram EMA) is saved next to verl's checkpoint
-shards as ``mgs_surgery.pt`` and restored by ``load_checkpoint``.
+shards as ``mgs_surgery_rank{rank}.pt`` (the same state on every rank) and restored by ``load_checkpoint``.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 
@@ -43,7 +44,7 @@ from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batc
 from mgs import GradientSurgery, agree_domains
 
 _REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
-STATE_FILE = "mgs_surgery.pt"
+STATE_FILE = "mgs_surgery_rank{rank}.pt"  # one per rank, like verl's shards: nodes need not share a filesystem
 
 
 def _filler_output(meta_info: dict) -> dict:
@@ -241,18 +242,21 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None, **kwargs):
         super().save_checkpoint(local_path, hdfs_path=hdfs_path, global_step=global_step,
                                 max_ckpt_to_keep=max_ckpt_to_keep, **kwargs)
-        if self._mgs_enabled() and dist.get_rank() == 0:  # the state is the same on every rank
-            torch.save(self._mgs_state(), os.path.join(local_path, STATE_FILE))
+        if self._mgs_enabled():
+            torch.save(self._mgs_state(), os.path.join(local_path, STATE_FILE.format(rank=dist.get_rank())))
 
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=True, **kwargs):
         state = None
         if self._mgs_enabled():
-            path = os.path.join(local_path, STATE_FILE)
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"{path} is missing: the checkpoint was not written by a verl_mgs surgery engine, so the surgery "
-                    "state (step, Gram EMA) cannot be restored."
-                )
+            path = os.path.join(local_path, STATE_FILE.format(rank=dist.get_rank()))
+            if not os.path.exists(path):  # another world size: every rank saved the same state
+                saved = sorted(glob.glob(os.path.join(local_path, STATE_FILE.format(rank="*"))))
+                if not saved:
+                    raise FileNotFoundError(
+                        f"{path} is missing: the checkpoint was not written by a verl_mgs surgery engine, so the "
+                        "surgery state (step, Gram EMA) cannot be restored."
+                    )
+                path = saved[0]
             state = torch.load(path, weights_only=False)  # read first: verl may delete local_path after loading
         super().load_checkpoint(local_path, hdfs_path=hdfs_path, del_local_after_load=del_local_after_load, **kwargs)
         if state is not None:
