@@ -264,16 +264,31 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
             self._mgs_step = int(state["engine_step"])
 
 
+def _current_key() -> tuple[str, str]:
+    """The ``(device, vendor)`` key verl's ``EngineRegistry.get_engine_cls`` looks up first in this process."""
+    from verl.utils.device import get_device_name, get_vendor
+
+    return (os.getenv("VERL_ENGINE_DEVICE") or get_device_name(), os.getenv("VERL_ENGINE_VENDOR") or get_vendor())
+
+
 def register() -> None:
     """Register :class:`MGSFSDPEngine` for verl's fsdp/fsdp2 language-model engines (idempotent).
 
     The vendor-specific keys are looked up before verl's own device-only keys
-    (verl/workers/engine/base.py:411-418), so this overrides the stock engine without touching it.
+    (verl/workers/engine/base.py:411-418), so this overrides the stock engine without touching it. Besides
+    verl 0.9.1's known vendors, the key of this process's own platform is registered, so an MGS config can
+    never silently get the stock engine; a key another plugin holds is an error.
     """
+    keys = list(dict.fromkeys([*_REGISTRY_KEYS, _current_key()]))
     for backend in ("fsdp", "fsdp2"):
-        for key in _REGISTRY_KEYS:
-            if EngineRegistry._engines.get("language_model", {}).get(backend, {}).get(key) is MGSFSDPEngine:
+        registry = EngineRegistry._engines.get("language_model", {}).get(backend, {})
+        for key in keys:
+            existing = registry.get(key)
+            if existing is MGSFSDPEngine:
                 continue
+            if existing is not None:
+                raise RuntimeError(f"verl_mgs cannot register its engine for {backend} {key}: {existing.__name__} "
+                                   "is registered there already (another plugin?).")
             device, vendor = key
             EngineRegistry.register(model_type="language_model", backend=backend, device=device, vendor=vendor)(
                 MGSFSDPEngine

@@ -80,6 +80,13 @@ try:
     domain_labels(td, "ability")
 except KeyError as error:
     out["missing"] = str(error)
+
+# a platform whose vendor verl_mgs does not list: the config still selects the MGS engine there
+import os
+os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = "xpu", "intel"
+from verl.workers.engine.base import EngineRegistry
+MGSFSDPEngineConfig(strategy="fsdp2")
+out["other_vendor_engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
 print(json.dumps(out))
 """
 
@@ -150,3 +157,8 @@ def test_config_errors_name_the_bad_value(checks):
     assert out["labels"] == ["a", "b", "m", "c"]
     assert "'ability'" in out["missing"] and "data_source" in out["missing"]  # names the available fields
 
+
+
+def test_an_unlisted_platform_vendor_still_gets_the_mgs_engine(checks):
+    """Otherwise verl would fall back to its device-only key, the stock engine, and skip surgery silently."""
+    assert result(checks["entry_point"])["other_vendor_engine"] == "MGSFSDPEngine"
