@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(tmp) / arm
             out.mkdir()
             job = dict(arm=arm, hidden=args.hidden, layers=args.layers, updates=args.updates)
-            result_dir = launch(_job, out, job, world_size=args.world_size, deadline_s=900, pg_timeout_s=600)
+            result_dir = launch(arm_job, out, job, world_size=args.world_size, deadline_s=900, pg_timeout_s=600)
             results[arm] = torch.load(result_dir / "result.pt", weights_only=False)
     grad = results[args.arms[0]]["grad_mb"]
     print(f"model: hidden {args.hidden}, {args.layers} layers; gradient {grad:.1f} MB per rank; K = 3 domains; "
@@ -106,10 +106,6 @@ def main(argv: list[str] | None = None) -> None:
         expected = "0" if arm == "stock" else f"{2 * r['grad_mb']:.1f}"
         print(f"| {arm} | {r['peak_mb']:.1f} | {ratio} | {expected} | {r['seconds']:.2f} | "
               f"{r['held_grads']} / {r['held_buffers']} |")
-
-
-def _job(rank, world_size, out_dir, job):  # importable by the spawned children (this file is on their path)
-    arm_job(rank, world_size, out_dir, job)
 
 
 if __name__ == "__main__":

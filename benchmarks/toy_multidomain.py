@@ -72,7 +72,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -500,16 +502,24 @@ def noise_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def noise_check(args: argparse.Namespace, size: Size, command: str, out: Path) -> dict:
-    """The noise check of ``--noise-check``: writes ``toy_multidomain_noise.md`` and ``.json`` to ``out``."""
-    seeds = list(range(args.seeds)) if args.seeds is not None else [0]
-    start = time.perf_counter()
+@contextmanager
+def _warm_started_pool(size: Size, seeds: list[int], workers: int, start: float) -> Iterator[tuple]:
+    """A spawned process pool (one torch thread per worker) and each seed's warm start, saved for the runs to
+    load: yields ``(pool, {seed: warm-start path}, [warm_start() results])``."""
     with tempfile.TemporaryDirectory() as warm_dir, ProcessPoolExecutor(
-        max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
     ) as pool:
         paths = {seed: os.path.join(warm_dir, f"warm_seed{seed}.pt") for seed in seeds}
         warm = list(pool.map(warm_start, [size] * len(seeds), seeds, [paths[s] for s in seeds]))
         print(f"warm starts done at {time.perf_counter() - start:.0f} s", flush=True)
+        yield pool, paths, warm
+
+
+def noise_check(args: argparse.Namespace, size: Size, command: str, out: Path) -> dict:
+    """The noise check of ``--noise-check``: writes ``toy_multidomain_noise.md`` and ``.json`` to ``out``."""
+    seeds = list(range(args.seeds)) if args.seeds is not None else [0]
+    start = time.perf_counter()
+    with _warm_started_pool(size, seeds, args.workers, start) as (pool, paths, warm):
         jobs = [(seed, c // size.num_generations) for seed in seeds for c in args.noise_list]
         futures = [pool.submit(noise_run, size, seed, prompts, NOISE_STEPS, paths[seed]) for seed, prompts in jobs]
         runs = []
@@ -884,12 +894,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [(s, a, seed) for seed in seeds for s in args.setting_list for a in args.arm_list]
     print(f"{len(seeds)} warm starts, then {len(jobs)} GRPO runs of {size.steps} steps on {args.workers} workers", flush=True)
     runs = []
-    with tempfile.TemporaryDirectory() as warm_dir, ProcessPoolExecutor(
-        max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-    ) as pool:
-        paths = {seed: os.path.join(warm_dir, f"warm_seed{seed}.pt") for seed in seeds}
-        warm = list(pool.map(warm_start, [size] * len(seeds), seeds, [paths[s] for s in seeds]))
-        print(f"warm starts done at {time.perf_counter() - start:.0f} s", flush=True)
+    with _warm_started_pool(size, seeds, args.workers, start) as (pool, paths, warm):
         futures = [pool.submit(run_arm, size, s, a, seed, paths[seed]) for s, a, seed in jobs]
         for i, future in enumerate(futures):
             run = future.result()

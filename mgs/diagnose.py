@@ -608,23 +608,12 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _load_dataset(path: str, split: str) -> Any:
-    import datasets
+    from mgs.data import load_table
 
-    if os.path.isdir(path):
-        loaded = datasets.load_from_disk(path)
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DiagnoseError(f"split {split!r} is not in {path}; its splits are {sorted(loaded)}.")
-            loaded = loaded[split]
-        return loaded
-    if not os.path.isfile(path):
-        raise DiagnoseError(f"no such data file or saved dataset directory: {path!r}.")
-    suffix = path.lower().rsplit(".", 1)[-1]
-    builder = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
-    if builder is None:
-        raise DiagnoseError(f"cannot tell the format of {path!r}; use a .json, .jsonl, .parquet or .csv file, "
-                            "or a directory written by Dataset.save_to_disk.")
-    return datasets.load_dataset(builder, data_files=path, split="train")
+    try:
+        return load_table(path, split)
+    except ValueError as error:
+        raise DiagnoseError(str(error)) from error
 
 
 def load_rows(

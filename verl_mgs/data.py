@@ -26,20 +26,10 @@ care, it reduces every domain over all ranks), and dynamic sampling that drops g
 
 from __future__ import annotations
 
-from typing import Any
-
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from mgs.data import plan_mixture
-
-
-def row_domain(row: dict[str, Any], key: str) -> str:
-    """The domain of ``row`` under ``key`` (``"a.b"``: column ``a``, then key ``b`` of its dict)."""
-    head, _, rest = key.partition(".")
-    value = row[head]
-    for part in rest.split(".") if rest else ():
-        value = value[part]
-    return str(value)
+from verl_mgs._domain import domain_of, split_key
 
 
 class MixtureDataset(RLHFDataset):
@@ -57,14 +47,14 @@ class MixtureDataset(RLHFDataset):
             raise ValueError("MixtureDataset lays out each train batch's domains in order; data.shuffle=true would "
                              "draw rows at random and undo it. Set data.shuffle=false (the mixture is seeded).")
         key = mixture.get("domain_key", "data_source")
-        head = key.partition(".")[0]
+        head, path = split_key(key)
         if head not in self.dataframe.column_names:
             raise KeyError(f"data.mixture.domain_key {key!r}: the data has no column {head!r}; its columns are "
                            f"{sorted(self.dataframe.column_names)}.")
         proportions = {str(d): float(p) for d, p in dict(mixture["proportions"]).items()}
         by_domain: dict[str, list[int]] = {d: [] for d in proportions}
         for i, row in enumerate(self.dataframe.select_columns([head])):
-            domain = row_domain(row, key)
+            domain = domain_of(row[head], path)
             if domain not in by_domain:
                 raise ValueError(f"row {i} has domain {domain!r}, which data.mixture.proportions does not list "
                                  f"({sorted(proportions)}); add it or filter the data.")

@@ -42,6 +42,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
 
 from mgs import GradientSurgery, agree_domains
+from verl_mgs._domain import domain_of, split_key
 
 _REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
 STATE_FILE = "mgs_surgery_rank{rank}.pt"  # one per rank, like verl's shards: nodes need not share a filesystem
@@ -78,17 +79,11 @@ def _metrics(stats: dict, domain_loss: dict, domains: list[str]) -> dict:
 
 def domain_labels(data, key: str) -> list[str]:
     """Each row's domain from the non-tensor field ``key`` (``"a.b"``: field ``a``, then key ``b`` of each row's dict)."""
-    head, _, rest = key.partition(".")
+    head, path = split_key(key)
     if head not in data.keys():
         available = sorted(k for k in data.keys() if isinstance(k, str))
         raise KeyError(f"domain_key {key!r}: the batch has no field {head!r}; its fields are {available}.")
-    values = tu.get(data, head)
-    labels = []
-    for value in values:
-        for part in rest.split(".") if rest else ():
-            value = value[part]
-        labels.append(str(value))
-    return labels
+    return [domain_of(value, path) for value in tu.get(data, head)]
 
 
 def check_loss_normaliser(data, loss_function) -> None:

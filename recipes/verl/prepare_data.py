@@ -30,12 +30,12 @@ from pathlib import Path
 
 import datasets
 
+from mgs.data import load_table
+
 
 def load(source: str, split: str, config: str | None = None) -> datasets.Dataset:
-    suffix = Path(source).suffix.lower()
-    if os.path.exists(source) and suffix in {".json", ".jsonl", ".parquet", ".csv"}:
-        builder = {".jsonl": "json"}.get(suffix, suffix[1:])
-        return datasets.load_dataset(builder, data_files=source, split="train")
+    if os.path.exists(source):  # a local file or saved dataset
+        return load_table(source, split)
     return datasets.load_dataset(source, config, split=split)
 
 
