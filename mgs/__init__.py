@@ -5,7 +5,6 @@ The pipeline, one file per step: :mod:`mgs._partition` (parameters → groups) �
 (Gram → weights) → :mod:`mgs._apply` (``p.grad`` ← weighted sums). :class:`GradientSurgery` wires them.
 """
 
-from mgs._collectives import agree_domains
 from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs._partition import KINDS
 from mgs._surgery import GradientSurgery
@@ -25,7 +24,6 @@ __all__ = [
     "ON_NONFINITE",
     "SURGERY_MODES",
     "SurgeryOptions",
-    "agree_domains",
     "batch_counts",
     "check_trl_compatible",
     "interleave_domains",

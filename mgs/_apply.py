@@ -52,14 +52,14 @@ def chunk_weights(bucket: Bucket, weights: torch.Tensor) -> torch.Tensor:
     return weights.index_select(0, bucket.chunk_group)
 
 
-def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_group: object | None = None) -> None:
+def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_group: object | None = None) -> None:
     """Write the combined gradient of ``bucket``'s parameters into their ``.grad`` (``weights=None``: plain sum)."""
     data, shared = bucket.data, bucket.shared
     k, chunks = data.shape[0], bucket.numel // CHUNK
-    if dp_group is not None:  # the shared row is averaged on every rank, used or not, so collectives match
+    if dp_process_group is not None:  # the shared row is averaged on every rank, used or not, so collectives match
         if shared is None:
             shared = torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
-        average_replicas([shared], dp_group)
+        average_replicas([shared], dp_process_group)
     if k == 0:  # no domain at all: only shared gradients
         result = shared if shared is not None else torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
     else:

@@ -1,6 +1,6 @@
 """Step 2 — per-domain gradient buffers.
 
-Parameters are packed into *buckets*, one per (dtype, device, shard group), capped in size. A
+Parameters are packed into *buckets*, one per (dtype, device, shard process group), capped in size. A
 bucket holds all K domains' gradients of its parameters as one ``[K, n]`` tensor; each parameter
 owns a slot of ``n`` aligned to :data:`CHUNK` elements (the padding stays zero). While a domain is
 active, every ``p.grad`` is a view of that domain's row (a DTensor around the local view for
@@ -50,7 +50,7 @@ class Slot:
 class Bucket:
     dtype: torch.dtype
     device: torch.device
-    shard_group: object | None  # ProcessGroup over which the slots are sharded, None when not sharded
+    shard_process_group: object | None  # over which the slots are sharded, None when not sharded
     slots: list[Slot] = field(default_factory=list)
     numel: int = 0
     chunk_group: torch.Tensor | None = None  # [numel // CHUNK] group index of each chunk
@@ -66,8 +66,8 @@ class Bucket:
         return DTensor.from_local(local, mesh, placements, run_check=False, shape=shape, stride=stride)
 
 
-def _local_and_group(param: torch.Tensor, name: str, shard_group: object | None):
-    """The local tensor, the group its shards live on, and the DTensor spec (or None)."""
+def _local_and_process_group(param: torch.Tensor, name: str, shard_process_group: object | None):
+    """The local tensor, the process group its shards live on, and the DTensor spec (or None)."""
     if DTensor is not None and isinstance(param, DTensor):
         placements = tuple(param.placements)
         if any(p.is_partial() for p in placements):
@@ -78,23 +78,23 @@ def _local_and_group(param: torch.Tensor, name: str, shard_group: object | None)
                 f"parameter {name!r} is sharded over {len(shard_dims)} mesh dimensions {placements}; "
                 "MGS supports one shard dimension (FSDP2, or HSDP's shard dimension)."
             )
-        group = param.device_mesh.get_group(shard_dims[0]) if shard_dims else None
+        process_group = param.device_mesh.get_group(shard_dims[0]) if shard_dims else None
         spec = (param.device_mesh, placements, param.shape, param.stride())
-        return param.to_local(), group, spec
-    return param, shard_group, None
+        return param.to_local(), process_group, spec
+    return param, shard_process_group, None
 
 
-def build_buckets(partition: Partition, shard_group: object | None, cap: int = BUCKET_CAP) -> list[Bucket]:
+def build_buckets(partition: Partition, shard_process_group: object | None, cap: int = BUCKET_CAP) -> list[Bucket]:
     """Pack the partition's parameters into buckets, in parameter order."""
     open_buckets: dict[tuple, Bucket] = {}
     buckets: list[Bucket] = []
     for param, names, group in zip(partition.params, partition.names, partition.group_of):
-        local, pgroup, spec = _local_and_group(param, names[0], shard_group)
-        key = (local.dtype, local.device, pgroup)
+        local, process_group, spec = _local_and_process_group(param, names[0], shard_process_group)
+        key = (local.dtype, local.device, process_group)
         bucket = open_buckets.get(key)
         size = _ceil_chunks(local.numel())
         if bucket is None or (bucket.numel and bucket.numel + size > cap):
-            bucket = Bucket(local.dtype, local.device, pgroup)
+            bucket = Bucket(local.dtype, local.device, process_group)
             open_buckets[key] = bucket
             buckets.append(bucket)
         bucket.slots.append(Slot(param, group, bucket.numel, local.numel(), local.shape, spec))
@@ -117,8 +117,8 @@ class DomainBuffers:
     added after surgery, never projected.
     """
 
-    def __init__(self, partition: Partition, shard_group: object | None = None, cap: int = BUCKET_CAP):
-        self.buckets = build_buckets(partition, shard_group, cap)
+    def __init__(self, partition: Partition, shard_process_group: object | None = None, cap: int = BUCKET_CAP):
+        self.buckets = build_buckets(partition, shard_process_group, cap)
         self._attached: list[tuple[Slot, torch.Tensor, torch.Tensor]] | None = None
 
     @property

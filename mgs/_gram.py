@@ -3,7 +3,7 @@
 Each bucket is viewed as ``[chunks, K, CHUNK]``; one batched matmul gives every chunk's K×K Gram
 (fp32 at least, also from bf16/fp16 buffers), and ``index_add`` sums chunks into their groups in
 float64. Under sharding these are *partial* Grams of the local shards; :mod:`mgs._collectives`
-sums them over the shard group. One read of the buffers, no host sync.
+sums them over the shard process group. One read of the buffers, no host sync.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def chunk_grams(data: torch.Tensor) -> torch.Tensor:
 
 
 def local_grams(buckets: list[Bucket], num_groups: int, num_rows: int, device: torch.device) -> dict[object, torch.Tensor]:
-    """Per shard group (``None``: not sharded), the ``[num_groups, K, K]`` float64 Gram of the local data."""
+    """Per shard process group (``None``: not sharded), the ``[num_groups, K, K]`` float64 Gram of the local data."""
     grams: dict[object, torch.Tensor] = {}
     for b in buckets:
-        acc = grams.get(b.shard_group)
+        acc = grams.get(b.shard_process_group)
         if acc is None:
-            acc = grams[b.shard_group] = torch.zeros(num_groups, num_rows, num_rows, dtype=torch.float64, device=device)
+            acc = grams[b.shard_process_group] = torch.zeros(num_groups, num_rows, num_rows, dtype=torch.float64, device=device)
         partial = chunk_grams(b.data).to(device=device, dtype=torch.float64)
         acc.index_add_(0, b.chunk_group.to(device), partial)
     return grams

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+import warnings
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from mgs._apply import combine_bucket
 from mgs._balance import balance_scales, balanced_gram
 from mgs._buffers import BUCKET_CAP, DomainBuffers
 from mgs._collectives import agree_domains, average_replicas, is_distributed, sum_partial_grams
-from mgs._fsdp2 import fsdp2_modules, held_back_gradients
+from mgs._fsdp2 import check_fsdp2_layout, fsdp2_modules, held_back_gradients
 from mgs._gram import local_grams, without_nonfinite
 from mgs._gram_ema import GramEMA
 from mgs._options import Granularity, SurgeryOptions
@@ -23,6 +24,23 @@ from mgs.methods import pcgrad_weights, resolve_method, step_generator
 
 
 _NO_CONTEXT = object()
+
+
+def _renamed_process_groups(renamed: dict, dp: object | None, shard: object | None) -> tuple[object | None, object | None]:
+    """Accept the process-group arguments' names up to 0.1.0 (``dp_group``, ``shard_group``) with a warning."""
+    for old, new in (("dp_group", "dp_process_group"), ("shard_group", "shard_process_group")):
+        if old not in renamed:
+            continue
+        warnings.warn(f"GradientSurgery({old}=...) is renamed {new}=... (in mgs 'group' means a parameter group); "
+                      f"{old} will be removed in 0.3.", FutureWarning, stacklevel=3)
+        value = renamed.pop(old)
+        if new == "dp_process_group":
+            dp = value if dp is None else dp
+        else:
+            shard = value if shard is None else shard
+    if renamed:
+        raise TypeError(f"GradientSurgery got unexpected keyword arguments {sorted(renamed)}.")
+    return dp, shard
 
 
 def _reject_unsupported(model: Any) -> Any:
@@ -64,13 +82,14 @@ class GradientSurgery:
             several names (tied weights) is one parameter.
         surgery, granularity, method, domains, seed, on_nonfinite, balance, gram_ema: see
             :class:`mgs.SurgeryOptions`.
-        dp_group: a process group over which the domains' gradients are *replicated* (data parallel
-            without gradient sync, e.g. DDP under ``no_sync()``): apply() averages each domain's
-            buffer over it before surgery, as DDP would. Defaults to the DDP wrapper's group when
-            ``model`` is a ``DistributedDataParallel``.
-        shard_group: the process group over which plain-tensor parameters are shards (their partial
-            Gram matrices are summed over it). FSDP2 DTensor parameters need nothing: the group is
-            read from their mesh.
+        dp_process_group: a process group over which the domains' gradients are *replicated* (data
+            parallel without gradient sync, e.g. DDP under ``no_sync()``): apply() averages each domain's
+            buffer over it before surgery, as DDP would. Defaults to the DDP wrapper's process group when
+            ``model`` is a ``DistributedDataParallel``. (``dp_group``, its name up to 0.1.0, still works
+            with a ``FutureWarning``.)
+        shard_process_group: the process group over which plain-tensor parameters are shards (their
+            partial Gram matrices are summed over it). FSDP2 DTensor parameters need nothing: it is read
+            from their mesh. (``shard_group`` likewise.)
         bucket_cap: elements per buffer bucket (a larger tensor gets its own); bounds the Gram pass's
             temporary, ``[bucket elements / 512, K, K]`` floats.
 
@@ -90,10 +109,12 @@ class GradientSurgery:
         balance: str = "none",
         gram_ema: float = 0.0,
         *,
-        dp_group: object | None = None,
-        shard_group: object | None = None,
+        dp_process_group: object | None = None,
+        shard_process_group: object | None = None,
         bucket_cap: int = BUCKET_CAP,
+        **renamed: object,
     ) -> None:
+        dp_process_group, shard_process_group = _renamed_process_groups(renamed, dp_process_group, shard_process_group)
         self.options = SurgeryOptions(
             surgery=surgery,
             granularity=granularity,
@@ -105,18 +126,20 @@ class GradientSurgery:
             gram_ema=gram_ema,
         )
         self._ddp = _reject_unsupported(model)
-        if self._ddp is not None and dp_group is None:
-            dp_group = self._ddp.process_group
-        self._dp_group = dp_group
+        if self._ddp is not None and dp_process_group is None:
+            dp_process_group = self._ddp.process_group
+        self._dp_process_group = dp_process_group
         self._fsdp2 = fsdp2_modules(model)
+        check_fsdp2_layout(self._fsdp2)
         self.partition = Partition.build(model, granularity)
-        self._buffers = DomainBuffers(self.partition, shard_group, bucket_cap)
+        self._buffers = DomainBuffers(self.partition, shard_process_group, bucket_cap)
         self._device = self._buffers.buckets[0].device
         self._method = resolve_method(method) if surgery != "none" else None
         self._ema = GramEMA(gram_ema) if gram_ema > 0 and surgery != "none" else None
         self._domains: list[str] = list(self.options.domains or ())
         self._discover = self.options.domains is None
         self._agreed = 0  # how many of self._domains all ranks have agreed on (discovery mode)
+        self._agreed_this_step = False  # agree_domains() ran since the last apply(): apply() need not agree again
         self._step = 0
         self._active: str | None = None
         self._last_row: object = _NO_CONTEXT  # row of the last context, for the FSDP2 flush check
@@ -158,6 +181,9 @@ class GradientSurgery:
             return self._domains.index(name)
         if not self._discover:
             raise ValueError(f"unknown domain {name!r}; the known domains are {list(self._domains)!r}.")
+        if self._agreed_this_step and is_distributed():
+            raise ValueError(f"domain {name!r} is not among the domains agreed across ranks for this step "
+                             f"({list(self._domains)!r}); pass every domain of the step to agree_domains().")
         self._domains.append(name)
         if self._buffers.is_open:
             self._buffers.resize(len(self._domains), list(range(len(self._domains) - 1)))
@@ -209,14 +235,37 @@ class GradientSurgery:
             raise RuntimeError(f"reset() called inside surgery.{self._active}.")
         self._buffers.release()
         self._last_row = _NO_CONTEXT
+        self._agreed_this_step = False
+
+    def agree_domains(self, names: Iterable[str] = (), process_group: object | None = None) -> tuple[str, ...]:
+        """Agree this step's domains across ranks before its first backward; return the domain list.
+
+        With a fixed domain list this only checks ``names`` (no collective). When discovering domains
+        (``domains=None``), one ``all_gather_object`` over ``process_group`` (default: all ranks) adds every
+        rank's new names, sorted, to the list on every rank, so adapters can run the same per-domain passes
+        on every rank; :meth:`apply` then does not agree again this step. Every rank must call it, also one
+        that has no rows.
+        """
+        names = list(names)
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"domain names are strings; got {name!r}.")
+        if not self._discover:
+            unknown = sorted(set(names) - set(self._domains))
+            if unknown:
+                raise ValueError(f"unknown domains {unknown}; the known domains are {list(self._domains)!r}.")
+            return self.domains
+        if self._active is not None:
+            raise RuntimeError(f"agree_domains() called inside surgery.{self._active}.")
+        local = list(self._domains) + [n for n in dict.fromkeys(names) if n not in self._domains]
+        agreed = agree_domains(local[: self._agreed], local[self._agreed :], process_group=process_group)
+        if self._buffers.is_open and agreed != self._domains:  # rows captured so far move to their agreed place
+            self._buffers.resize(len(agreed), [agreed.index(d) for d in self._domains])
+        self._domains, self._agreed = agreed, len(agreed)
+        self._agreed_this_step = is_distributed()
+        return self.domains
 
     # ------------------------------------------------------------------ surgery
-    def _agree_domains(self) -> None:
-        local = list(self._domains)
-        agreed = agree_domains(local[: self._agreed], local[self._agreed :])
-        if agreed != local and self._buffers.is_open:
-            self._buffers.resize(len(agreed), [agreed.index(d) for d in local])
-        self._domains, self._agreed = agreed, len(agreed)
 
     def _weights(self, clean: torch.Tensor, nonfinite: torch.Tensor, step: int):
         """``(weights [M, K] or None, projected [M, K, K] or None)`` from the Gram matrices without non-finite
@@ -273,16 +322,17 @@ class GradientSurgery:
             step = self._step
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"step must be a non-negative int; got {step!r}.")
-        if self._discover and is_distributed():
-            self._agree_domains()  # before any other collective, so every rank has the same K
+        if self._discover and is_distributed() and not self._agreed_this_step:
+            self.agree_domains()  # before any other collective, so every rank has the same K
+        self._agreed_this_step = False
         self._check_fsdp2_flushed("apply()")
         self._last_row = _NO_CONTEXT
         buffers = self._buffers
         if not buffers.is_open:
             buffers.open(len(self._domains))
         buffers.collect_strays()
-        if self._dp_group is not None:
-            average_replicas([b.data for b in buffers.buckets], self._dp_group)
+        if self._dp_process_group is not None:
+            average_replicas([b.data for b in buffers.buckets], self._dp_process_group)
         num_groups, k = len(self.partition.group_names), len(self._domains)
         gram = sum_partial_grams(local_grams(buffers.buckets, num_groups, k, self._device))
         nonfinite = ~torch.isfinite(gram.diagonal(dim1=1, dim2=2))
@@ -293,7 +343,7 @@ class GradientSurgery:
         clean = without_nonfinite(gram, nonfinite)
         weights, projected = self._weights(clean, nonfinite, step)
         for bucket in buffers.buckets:
-            combine_bucket(bucket, weights, self._dp_group)
+            combine_bucket(bucket, weights, self._dp_process_group)
         self._step = step + 1
         projects = self.options.surgery == "none" or self._method is pcgrad_weights
         return surgery_stats(gram, clean, nonfinite, self._domains, self._kind_masks, weights, projected, projects)

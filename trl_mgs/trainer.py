@@ -25,10 +25,9 @@ from trl import GRPOTrainer
 from trl.trainer.utils import split_tensor_dict
 
 import mgs
+from mgs.integration import domain_moments, domain_summary, load_surgery_state, save_surgery_state, scalar_metrics
+from trl_mgs import _upstream
 from trl_mgs.config import MGSGRPOConfig
-
-SURGERY_STATE = "mgs_surgery.pt"
-"""File in each checkpoint folder holding ``GradientSurgery.state_dict()`` (step, seed, domains, Gram EMA)."""
 
 DOMAIN_IDS = "mgs_domain_ids"
 """Key of the per-row domain index in TRL's generation batch (it survives buffering, shuffling and splitting)."""
@@ -102,64 +101,51 @@ class MGSGRPOTrainer(GRPOTrainer):
                 f"MGSGRPOTrainer supports one process and DDP (distributed type MULTI_CPU / MULTI_GPU / ...); got {kind}. "
                 "For FSDP2, use mgs.GradientSurgery directly on a fully_shard model (docs/core.md)."
             )
+        _upstream.check_trainer(self)
         # DDP: forward and backward run under no_sync(); surgery averages each domain over the ranks.
-        dp_group = torch.distributed.group.WORLD if self.accelerator.num_processes > 1 else None
-        found = self._domains_in_dataset()
-        domains = self.args.domains or found
-        if found is not None and self.args.domains:
-            unknown = sorted(set(found) - set(domains))
-            if unknown:
-                raise ValueError(
-                    f"the training dataset has domains {unknown} that MGSGRPOConfig.domains {list(domains)} does not list."
-                )
-        if domains is None:
-            raise ValueError(
-                "MGSGRPOConfig.domains must be set when the training dataset has no column list (e.g. an IterableDataset)."
-            )
+        dp_process_group = torch.distributed.group.WORLD if self.accelerator.num_processes > 1 else None
+        self.domain_index = self.args.domain_index()
+        domains = self._domains_in_dataset()
         # Domain-pure micro-batches leave the gradient unchanged unless a term depends on the micro-batch's make-up.
         self.orders_by_domain = (self.args.order_by_domain and self.args.loss_type != "bnpo"
                                  and self.args.top_entropy_quantile >= 1.0 and not self.aux_loss_enabled)
         options = self.args.surgery_options(domains=domains)
-        self.surgery = mgs.GradientSurgery(self.model, **vars(options), dp_group=dp_group)
+        self.surgery = mgs.GradientSurgery(self.model, **vars(options), dp_process_group=dp_process_group)
         self._captured: list | None = None
         self._row_domains: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ domains from the data
-    def _domains_in_dataset(self) -> list[str] | None:
-        """The sorted distinct domains of the training set, or None when it cannot be read (iterable datasets)."""
-        column, dataset = self.args.domain_column, self.train_dataset
+    def _domains_in_dataset(self) -> tuple[str, ...]:
+        """The configured domains, checked against the training set, or the training set's sorted distinct domains.
+        A dataset without a column list (an IterableDataset) cannot be read ahead: it needs configured domains."""
+        index, dataset = self.domain_index, self.train_dataset
         names = getattr(dataset, "column_names", None)
         if names is None:
-            return None
-        if column not in names:
-            raise ValueError(f"the training dataset has no domain column {column!r}; its columns are {names}. "
-                             "Set MGSGRPOConfig.domain_column.")
-        return sorted(set(dataset[column]))
+            if index.domains is None:
+                raise ValueError("MGSGRPOConfig.domains must be set when the training dataset has no column list "
+                                 "(e.g. an IterableDataset).")
+            return index.domains
+        if index.field not in names:
+            raise index.missing_field(names, ValueError)
+        return index.discover(index.of_values(dataset[index.field]))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self.args.domain_column not in self._signature_columns:  # keep it under remove_unused_columns=True
-            self._signature_columns = [*self._signature_columns, self.args.domain_column]
+        column = self.domain_index.field
+        if column not in self._signature_columns:  # keep it under remove_unused_columns=True
+            self._signature_columns = [*self._signature_columns, column]
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        column = self.args.domain_column
-        rows = []
-        for row in inputs:
-            if column not in row:
-                raise KeyError(f"a training row has no domain column {column!r}; its keys are {sorted(row)}.")
-            name = row[column]
-            if name not in self.surgery.domains:
-                raise ValueError(f"unknown domain {name!r} in column {column!r}; the known domains are {list(self.surgery.domains)}.")
-            rows.append(self.surgery.domains.index(name))
-        output[DOMAIN_IDS] = torch.tensor(rows, device=self.accelerator.device)
+        output = super()._generate_and_score_completions(inputs=inputs)
+        ids = self.domain_index.ids(self.domain_index.of_rows(inputs), self.surgery.domains)
+        output[DOMAIN_IDS] = torch.tensor(ids, device=self.accelerator.device)
         if self.model.training:
             self._log_domain_metrics(output[DOMAIN_IDS], output["completion_mask"].sum(dim=1))
         return output
 
     def _prepare_inputs(self, generation_batch):
         before = self._buffered_inputs
-        inputs = super()._prepare_inputs(generation_batch)
+        inputs = super()._prepare_inputs(generation_batch=generation_batch)
         regenerated = self.model.training and self._buffered_inputs is not before
         if regenerated and self.orders_by_domain and len(self._buffered_inputs) > 1:
             self._buffered_inputs = _regroup_by_domain(self._buffered_inputs)
@@ -167,7 +153,8 @@ class MGSGRPOTrainer(GRPOTrainer):
         return inputs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func = super()._calculate_rewards(inputs=inputs, prompts=prompts, completions=completions,
+                                                      completion_ids_list=completion_ids_list)
         self._rewards_per_func = rewards_per_func  # already gathered over ranks, in rank order
         return rewards_per_func
 
@@ -176,27 +163,25 @@ class MGSGRPOTrainer(GRPOTrainer):
         ids, lengths = gather(local_ids), gather(local_lengths).float()  # same rank order as the rewards
         weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
         rewards = (self._rewards_per_func * weights).nansum(dim=1)  # the scalar reward GRPO uses
+        k, domains = len(self.surgery.domains), self.surgery.domains
+        summary = {**domain_summary(domain_moments(rewards, ids, k), domains, "reward_mean", "reward_std"),
+                   **domain_summary(domain_moments(lengths, ids, k), domains, "completion_length")}
         metrics = self._metrics["train"]
-        for d, name in enumerate(self.surgery.domains):
-            rows = ids == d
-            present = bool(rows.any())
-            nan = float("nan")
-            metrics[f"mgs/reward/{name}/mean"].append(float(rewards[rows].mean()) if present else nan)
-            metrics[f"mgs/reward/{name}/std"].append(float(rewards[rows].std()) if rows.sum() > 1 else nan)
-            metrics[f"mgs/completion_length/{name}"].append(float(lengths[rows].mean()) if present else nan)
+        for key, value in summary.items():
+            metrics[key].append(value)
 
     # ------------------------------------------------------------------ per-domain backward
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):
         stock = super()._get_per_token_logps_and_entropies
         if self._captured is None or not torch.is_grad_enabled():  # generation-time and reference passes
-            return stock(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                         compute_aux_loss, **extra)
+            return stock(model=model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
+                         batch_size=batch_size, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
         row_domains = self._row_domains
         if compute_aux_loss or any(v is not None for k, v in extra.items() if k not in ROW_ALIGNED_INPUTS):
             # A batch-level aux loss or image inputs do not split by row: one forward, K masked backward passes.
-            real = stock(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                         compute_aux_loss, **extra)
+            real = stock(model=model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
+                         batch_size=batch_size, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
             parts = [(d, (row_domains == d).nonzero().squeeze(1), real[:2]) for d in row_domains.unique().tolist()]
             leaves = tuple(_leaf(t) for t in real)
             self._captured.append(_Capture(parts, leaves, masked=True, aux=real[2]))
@@ -207,8 +192,10 @@ class MGSGRPOTrainer(GRPOTrainer):
         for d in row_domains.unique().tolist():
             rows = (row_domains == d).nonzero().squeeze(1)
             sub = {k: (v.index_select(0, rows) if v is not None else None) for k, v in extra.items()}
-            logps, entropies, _ = stock(model, input_ids.index_select(0, rows), attention_mask.index_select(0, rows),
-                                        logits_to_keep, batch_size, compute_entropy, False, **sub)
+            logps, entropies, _ = stock(model=model, input_ids=input_ids.index_select(0, rows),
+                                        attention_mask=attention_mask.index_select(0, rows),
+                                        logits_to_keep=logits_to_keep, batch_size=batch_size,
+                                        compute_entropy=compute_entropy, compute_aux_loss=False, **sub)
             parts.append((d, rows, (logps, entropies)))
         leaves = tuple(_scatter_rows([p[2][i] for p in parts], [p[1] for p in parts], len(row_domains))
                        for i in range(2)) + (None,)
@@ -260,23 +247,17 @@ class MGSGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:  # the state is the same on every rank
-            torch.save(self.surgery.state_dict(), os.path.join(output_dir, SURGERY_STATE))
+        super()._save_optimizer_and_scheduler(output_dir=output_dir)
+        os.makedirs(output_dir, exist_ok=True)  # every rank writes its own file: nodes need not share a filesystem
+        save_surgery_state(output_dir, self.accelerator.process_index, self.surgery.state_dict())
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, SURGERY_STATE)
-        if os.path.exists(path):
-            self.surgery.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        elif self.surgery.options.gram_ema > 0:
-            raise FileNotFoundError(f"{path} is missing: the checkpoint holds no Gram EMA for surgery_gram_ema="
-                                    f"{self.surgery.options.gram_ema}. Resume with the settings it was saved with.")
+        super()._load_optimizer_and_scheduler(checkpoint=checkpoint)
+        if checkpoint is not None:
+            state = load_surgery_state(checkpoint, self.accelerator.process_index)
+            self.surgery.load_state_dict(state["surgery"])
 
     def _log_surgery(self, stats: dict[str, torch.Tensor]) -> None:
         metrics = self._metrics["train"]
-        for key, value in stats.items():
-            if value.ndim == 0:
-                metrics[f"mgs/{key}"].append(float(value))
+        for key, value in scalar_metrics(stats).items():
+            metrics[key].append(value)

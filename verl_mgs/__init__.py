@@ -1,11 +1,20 @@
-"""Modular Gradient Surgery for verl 0.9 (FSDP engine), switched on by config.
+"""Modular Gradient Surgery for verl 0.9 (FSDP2 engine), switched on by config.
 
-Importing this package makes verl 0.9.1 usable with trl >= 1.0 installed alongside
-(:func:`verl_mgs._compat.patch_verl_for_trl`); without verl installed it does nothing.
+Importing this package (verl's ``verl.plugins`` entry point does it at ``import verl``, in every
+process) does two things, neither of which can fail a verl run that does not use MGS:
+
+- makes verl 0.9.1 usable with trl >= 1.0 installed alongside (:func:`verl_mgs._compat.patch_verl_for_trl`
+  replaces one function, ``is_trl_available``, in ``verl.models.transformers.monkey_patch`` only);
+- registers the surgery engine for verl's fsdp/fsdp2 keys (:mod:`verl_mgs._registry`). With a plain
+  ``FSDPEngineConfig`` that engine is verl's own code path.
+
+Without verl installed it does nothing.
 """
 
 from verl_mgs._compat import patch_verl_for_trl
+from verl_mgs._registry import register_quietly
 
 patch_verl_for_trl()
+register_quietly()
 
 __all__: list[str] = []

@@ -1,6 +1,6 @@
 """verl 0.9.1 with trl >= 1.0 in the same environment.
 
-verl's ``apply_monkey_patch`` (verl/models/transformers/monkey_patch.py:352-362), which the FSDP
+verl's ``apply_monkey_patch`` (verl/models/transformers/monkey_patch.py, near its end), which the FSDP
 engine calls on every model it builds (actor, reference, critic), does::
 
     if is_trl_available():

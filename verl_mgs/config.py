@@ -1,77 +1,79 @@
-"""``MGSFSDPEngineConfig``: verl's FSDP engine config plus the surgery settings (spike; see docs/verl_design.md).
+"""``MGSFSDPEngineConfig``: verl's FSDP engine config plus the surgery settings.
 
 Selecting it is the whole activation::
 
     actor_rollout_ref.actor.fsdp_config._target_=verl_mgs.config.MGSFSDPEngineConfig
     +actor_rollout_ref.actor.fsdp_config.surgery=modular
 
-Hydra imports this module inside the actor worker when it builds the actor config, which registers
-:class:`verl_mgs.engine.MGSFSDPEngine` before verl builds the engine. With trl >= 1.0 installed and a
-reference model, also ``actor_rollout_ref.model.external_lib=verl_mgs`` (the reference is built before
-the actor config is read; see docs/verl_design.md, section 5).
+Hydra imports this module inside the actor worker when it builds the actor config; importing the
+``verl_mgs`` package registers :class:`verl_mgs.engine.MGSFSDPEngine` (:mod:`verl_mgs._registry`), and
+building the config checks that verl will use it. With trl >= 1.0 installed and a reference model, also
+``actor_rollout_ref.model.external_lib=verl_mgs`` (the reference is built before the actor config is
+read; docs/verl_design.md, section 5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from verl.workers.config import FSDPEngineConfig
 
 from mgs import SurgeryOptions
+from mgs.integration import SETTINGS, DomainIndex, setting_field, surgery_options
+from verl_mgs import _registry, _upstream
+
+_upstream.check()
+
+_TYPES = {"surgery_gram_ema": "float", "surgery_seed": "int | None", "domains": "list[str] | None"}
 
 
 @dataclass
 class MGSFSDPEngineConfig(FSDPEngineConfig):
-    """verl's ``FSDPEngineConfig`` with the modular gradient surgery settings.
-
-    > Parameters that control the surgery
-
-    Args:
-        surgery (str): ``"none"`` (plain sum of the per-domain gradients: the stock update), ``"global"``
-            (the method over all parameters) or ``"modular"`` (the method per group). Default ``"modular"``.
-        surgery_granularity (str): how parameters are grouped: ``"parameter"``, ``"module"``, ``"block"``,
-            ``"layer"``. Default ``"parameter"``.
-        surgery_method (str): ``"pcgrad"`` or another :data:`mgs.METHODS` name. Default ``"pcgrad"``.
-        domain_key (str): the non-tensor batch field naming each sample's domain; a dotted path reads a
-            key of a per-sample dict (``"extra_info.domain"``). Default ``"data_source"``.
-        domains (list[str] | None): the domains, in a fixed order; ``None`` agrees them across ranks from
-            each mini-batch (one small all-gather per mini-batch). Default ``None``.
-        surgery_balance (str): ``"none"`` or ``"norm"`` (rescale every domain's gradient to the mean norm
-            before the method; see docs/methods.md). Default ``"none"``.
-        surgery_gram_ema (float): decay of an exponential moving average of the Gram matrices that the
-            method decides on (0: off). Default ``0.0``.
-        surgery_seed (int): seeds the method's random choices with the step. Default ``0``. (Not ``seed``:
-            that is the engine's own seed, 42 in verl's fsdp.yaml.)
-    """
-
-    surgery: str = "modular"
-    surgery_granularity: str = "parameter"
-    surgery_method: str = "pcgrad"
-    domain_key: str = "data_source"
-    domains: Optional[list[str]] = None
-    surgery_balance: str = "none"
-    surgery_gram_ema: float = 0.0
-    surgery_seed: int = 0
+    surgery: str = setting_field("surgery")
+    surgery_granularity: str = setting_field("surgery_granularity")
+    surgery_method: str = setting_field("surgery_method")
+    surgery_balance: str = setting_field("surgery_balance")
+    surgery_gram_ema: float = setting_field("surgery_gram_ema")
+    surgery_on_nonfinite: str = setting_field("surgery_on_nonfinite")
+    surgery_seed: Optional[int] = setting_field("surgery_seed")
+    domains: Optional[list[str]] = setting_field("domains")
+    domain_key: str = field(
+        default="data_source",
+        metadata={"help": "The non-tensor batch field naming each sample's domain; a dotted path reads a key of a "
+                          "per-sample dict ('extra_info.domain')."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.domain_index()  # validates domain_key and domains
         _ = self.surgery_options  # validates: errors name the bad value and the allowed ones
-        if not isinstance(self.domain_key, str) or not self.domain_key:
-            raise ValueError(f"domain_key must be a non-empty field name such as 'data_source'; got {self.domain_key!r}.")
-        from verl_mgs.engine import register
-
-        register()
+        _registry.require()  # an MGS config with the stock engine would train without surgery, silently
 
     @property
     def surgery_options(self) -> SurgeryOptions:
-        domains = None if self.domains is None else list(self.domains)
-        return SurgeryOptions(
-            surgery=self.surgery,
-            granularity=self.surgery_granularity,
-            method=self.surgery_method,
-            domains=domains,
-            seed=self.surgery_seed,
-            balance=self.surgery_balance,
-            gram_ema=self.surgery_gram_ema,
-        )
+        """The core's options; ``surgery_seed=None`` follows the engine's ``seed``."""
+        return surgery_options(self, framework_seed=self.seed)
+
+    def domain_index(self) -> DomainIndex:
+        """How rows' domains are read (``domain_key``) and checked (``domains``)."""
+        return DomainIndex(self.domain_key, None if self.domains is None else list(self.domains),
+                           key_setting="actor_rollout_ref.actor.fsdp_config.domain_key",
+                           domains_setting="actor_rollout_ref.actor.fsdp_config.domains")
+
+
+def _settings_doc() -> str:
+    return "\n".join(f"        {s.name} ({_TYPES.get(s.name, 'str')}): {s.help} Default ``{s.default!r}``."
+                     for s in SETTINGS)
+
+
+MGSFSDPEngineConfig.__doc__ = f"""verl's ``FSDPEngineConfig`` with the modular gradient surgery settings.
+
+    > Parameters that control the surgery (the same settings, words and defaults as TRL's ``MGSGRPOConfig``:
+    > ``mgs.integration.SETTINGS``)
+
+    Args:
+{_settings_doc()}
+        domain_key (str): the non-tensor batch field naming each sample's domain; a dotted path reads a key of a
+            per-sample dict (``"extra_info.domain"``). Default ``"data_source"``.
+    """

@@ -29,7 +29,10 @@ from __future__ import annotations
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from mgs.data import plan_mixture
-from verl_mgs._domain import domain_of, split_key
+from mgs.integration import DomainIndex
+from verl_mgs import _upstream
+
+_upstream.check()
 
 
 class MixtureDataset(RLHFDataset):
@@ -46,19 +49,15 @@ class MixtureDataset(RLHFDataset):
         if self.config.get("shuffle", True):
             raise ValueError("MixtureDataset lays out each train batch's domains in order; data.shuffle=true would "
                              "draw rows at random and undo it. Set data.shuffle=false (the mixture is seeded).")
-        key = mixture.get("domain_key", "data_source")
-        head, path = split_key(key)
-        if head not in self.dataframe.column_names:
-            raise KeyError(f"data.mixture.domain_key {key!r}: the data has no column {head!r}; its columns are "
-                           f"{sorted(self.dataframe.column_names)}.")
+        _upstream.check_built(self, _upstream.DATASET_ATTRIBUTES)
         proportions = {str(d): float(p) for d, p in dict(mixture["proportions"]).items()}
+        index = DomainIndex(mixture.get("domain_key", "data_source"), sorted(proportions),
+                            key_setting="data.mixture.domain_key", domains_setting="data.mixture.proportions")
+        if index.field not in self.dataframe.column_names:
+            raise index.missing_field(self.dataframe.column_names)
         by_domain: dict[str, list[int]] = {d: [] for d in proportions}
-        for i, row in enumerate(self.dataframe.select_columns([head])):
-            domain = domain_of(row[head], path)
-            if domain not in by_domain:
-                raise ValueError(f"row {i} has domain {domain!r}, which data.mixture.proportions does not list "
-                                 f"({sorted(proportions)}); add it or filter the data.")
-            by_domain[domain].append(i)
+        for i, domain in enumerate(index.ids(index.of_values(self.dataframe[index.field]))):
+            by_domain[index.domains[domain]].append(i)
         batch_size = self.config.get("gen_batch_size") or self.config.train_batch_size
         plan = plan_mixture({d: len(rows) for d, rows in by_domain.items()}, proportions, int(batch_size),
                             seed=int(mixture.get("seed", 0)), stopping=str(mixture.get("stopping", "cycle")))

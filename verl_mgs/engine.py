@@ -1,8 +1,9 @@
-"""``MGSFSDPEngine``: verl 0.9.1's FSDP LM engine with per-domain backward passes and ``mgs`` surgery (spike).
+"""``MGSFSDPEngine``: verl 0.9.1's FSDP LM engine with per-domain backward passes and ``mgs`` surgery.
 
-Overrides one method, ``forward_backward_batch`` (verl/workers/engine/fsdp/transformer_impl.py:724),
+Overrides ``FSDPEngineWithLMHead.forward_backward_batch`` (plus ``initialize`` and the checkpoint methods),
 and only for training with an :class:`verl_mgs.config.MGSFSDPEngineConfig`; everything else (the
-reference model, log-prob inference, a plain ``FSDPEngineConfig``) is the stock code path.
+reference model, log-prob inference, a plain ``FSDPEngineConfig``) is the stock code path. The verl
+members it relies on are listed and checked in :mod:`verl_mgs._upstream`.
 
 Per mini-batch, on every data-parallel rank:
 
@@ -11,6 +12,8 @@ Per mini-batch, on every data-parallel rank:
    verl does (fixed size, or token-balanced with dynamic batch size), and every micro-batch keeps the
    whole mini-batch's normalisers (``batch_num_tokens``, ``global_batch_size``, ``dp_size`` are
    non-tensor entries that row selection copies), so the domains' losses add up to the stock loss;
+   (without configured ``domains``, the step's domains are agreed across ranks first, once:
+   ``GradientSurgery.agree_domains``);
 3. one all-reduce (MAX) of the per-domain micro-batch counts; a rank with fewer runs zero-loss
    passes, so every rank runs the same FSDP collectives;
 4. per domain, inside ``surgery.domain(d)``: forward/backward of its micro-batches, FSDP gradient
@@ -20,17 +23,16 @@ Per mini-batch, on every data-parallel rank:
    freed with ``p.grad`` at verl's ``zero_grad`` (surgery keeps no reference after ``apply``).
 
 Metrics (one value per mini-batch, identical on every rank, so verl's DP aggregation keeps them):
-``mgs/loss/{domain}`` (this domain's share of verl's ``loss``: they add up to it) and every scalar
-statistic of :meth:`mgs.GradientSurgery.apply` as ``mgs/{key}``; the driver logs them as
-``actor/mgs/...``. The surgery state (step counter, Gram EMA) is saved next to verl's checkpoint
-shards as ``mgs_surgery_rank{rank}.pt`` (the same state on every rank) and restored by ``load_checkpoint``.
+``mgs/loss/{domain}`` (this domain's share of verl's ``loss``: they add up to it), the per-domain reward
+and completion length, and every scalar statistic of :meth:`mgs.GradientSurgery.apply` as ``mgs/{key}``
+(docs/metrics.md); the driver logs them as ``actor/mgs/...``. The surgery state (step counter, Gram EMA,
+method state) is saved next to verl's checkpoint shards by :func:`mgs.integration.save_surgery_state`
+and restored by ``load_checkpoint``.
 """
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 
 import torch
 import torch.distributed as dist
@@ -41,11 +43,13 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
 
-from mgs import GradientSurgery, agree_domains
-from verl_mgs._domain import domain_of, split_key
+from mgs import GradientSurgery
+from mgs.integration import (DomainIndex, domain_metric, domain_moments, domain_summary, load_surgery_state,
+                             save_surgery_state, scalar_metrics)
+from verl_mgs import _upstream
+from verl_mgs.config import MGSFSDPEngineConfig
 
-_REGISTRY_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))  # verl 0.9.1 platform vendors
-STATE_FILE = "mgs_surgery_rank{rank}.pt"  # one per rank, like verl's shards: nodes need not share a filesystem
+_upstream.check()
 
 
 def _filler_output(meta_info: dict) -> dict:
@@ -69,28 +73,25 @@ def _metrics(stats: dict, domain_loss: dict, domains: list[str]) -> dict:
     keeps them); a domain's loss is this rank's sum over its micro-batches, which verl's DP aggregation
     averages like the total ``loss``. NaN statistics (no pair to measure) are left out on every rank alike.
     """
-    scalars = {k: v for k, v in stats.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-    values = torch.stack([v.detach().float().reshape(()).cpu() for v in scalars.values()]).tolist() if scalars else []
-    metrics = {f"mgs/{k}": Metric(AggregationType.MEAN, v) for k, v in zip(scalars, values) if not math.isnan(v)}
+    metrics = {k: Metric(AggregationType.MEAN, v) for k, v in scalar_metrics(stats).items() if not math.isnan(v)}
     for name in domains:
-        metrics[f"mgs/loss/{name}"] = Metric(AggregationType.SUM, float(domain_loss.get(name, 0.0)))
+        metrics[domain_metric("loss", name)] = Metric(AggregationType.SUM, float(domain_loss.get(name, 0.0)))
     return metrics
 
 
-def domain_labels(data, key: str) -> list[str]:
+def domain_labels(data, key: str | DomainIndex) -> list[str]:
     """Each row's domain from the non-tensor field ``key`` (``"a.b"``: field ``a``, then key ``b`` of each row's dict)."""
-    head, path = split_key(key)
-    if head not in data.keys():
-        available = sorted(k for k in data.keys() if isinstance(k, str))
-        raise KeyError(f"domain_key {key!r}: the batch has no field {head!r}; its fields are {available}.")
-    return [domain_of(value, path) for value in tu.get(data, head)]
+    index = key if isinstance(key, DomainIndex) else DomainIndex(key)
+    if index.field not in data.keys():
+        raise index.missing_field([k for k in data.keys() if isinstance(k, str)])
+    return index.of_values(tu.get(data, index.field))
 
 
 def check_loss_normaliser(data, loss_function) -> None:
     """Refuse a per-micro-batch normaliser that would make the domains' losses differ from the stock loss.
 
     ``seq-mean-token-sum-norm`` without ``loss_scale_factor`` divides by ``loss_mask.shape[-1]``
-    (core_algos.py:1189-1193). With jagged response fields (verl's default v1 trainer) that is the
+    (``agg_loss`` in verl/trainer/ppo/core_algos.py). With jagged response fields (verl's default v1 trainer) that is the
     longest response *of the micro-batch*, so the stock loss itself depends on how rows are grouped
     into micro-batches, and per-domain micro-batches cannot reproduce it."""
     config = getattr(loss_function, "keywords", {}).get("config")
@@ -112,8 +113,6 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
     _mgs_step: int = 0
 
     def _mgs_enabled(self) -> bool:
-        from verl_mgs.config import MGSFSDPEngineConfig
-
         return isinstance(self.engine_config, MGSFSDPEngineConfig) and not self.engine_config.forward_only
 
     def _mgs_active(self, forward_only: bool) -> bool:
@@ -136,24 +135,23 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
 
     def _mgs_surgery(self) -> GradientSurgery:
         if self._surgery is None:
+            _upstream.check_built(self, _upstream.ENGINE_ATTRIBUTES)
             self._surgery = GradientSurgery(self.module, **vars(self.engine_config.surgery_options))
+            self._domain_index = self.engine_config.domain_index()
         return self._surgery
 
     def _mgs_domains(self, labels: list[str]) -> list[str]:
-        configured = self.engine_config.domains
-        if configured is not None:
-            unknown = sorted(set(labels) - set(configured))
-            if unknown:
-                raise ValueError(f"batch has domains {unknown} not in the configured domains {list(configured)}.")
-            return list(configured)
-        return agree_domains([], sorted(set(labels)), group=self.get_data_parallel_group())
+        """The step's domain list, the same on every rank: the configured one (checked against ``labels``), or
+        the domains seen so far on any rank, agreed once per step (one all_gather_object over the DP group)."""
+        self._domain_index.check(labels)
+        return list(self._surgery.agree_domains(sorted(set(labels)), process_group=self.get_data_parallel_group()))
 
     def _mgs_micro_batches(self, data, rows: list[int]) -> list:
         if not rows:
             return []
         sub = tu.index_select_tensor_dict(data, rows)
         if tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=True):
-            micro_batches, _ = prepare_micro_batches(sub, dp_group=None, same_micro_num_in_dp=False)
+            micro_batches, _ = prepare_micro_batches(data=sub, dp_group=None, same_micro_num_in_dp=False)
             return micro_batches
         size = data["micro_batch_size_per_gpu"]
         return [
@@ -162,20 +160,20 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
 
     def forward_backward_batch(self, data, loss_function, forward_only=False):
         if not self._mgs_active(forward_only):
-            return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+            return super().forward_backward_batch(data=data, loss_function=loss_function, forward_only=forward_only)
         if tu.get_non_tensor_data(data=data, key="return_model_output", default=False):
             raise NotImplementedError("verl_mgs: return_model_output=True is not supported with surgery.")
         check_loss_normaliser(data, loss_function)
         surgery = self._mgs_surgery()
 
-        # the stock preamble (transformer_impl.py:726-735)
+        # the stock preamble of FSDPEngineWithLMHead.forward_backward_batch
         tu.assign_non_tensor(data, sp_size=self.ulysses_sequence_parallel_size)
         batch_num_tokens = data["loss_mask"].sum().to(get_device_id())
         dist.all_reduce(batch_num_tokens, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
         tu.assign_non_tensor(data, batch_num_tokens=batch_num_tokens.item())
         tu.assign_non_tensor(data, dp_size=self.get_data_parallel_size())
 
-        labels = domain_labels(data, self.engine_config.domain_key)
+        labels = domain_labels(data, self._domain_index)
         domains = self._mgs_domains(labels)
         rewards = self._mgs_domain_rewards(data, labels, domains)
         per_domain = [self._mgs_micro_batches(data, [i for i, d in enumerate(labels) if d == name]) for name in domains]
@@ -196,7 +194,8 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
                     micro_batch = micro_batches[i] if real else filler
                     sync_ctx = self._gradient_sync_context(is_last_micro_batch=i == count - 1)
                     with sync_ctx, torch.profiler.record_function(f"mgs_{name}_micro_batch{i}"):
-                        loss, meta_info = self.forward_step(micro_batch, loss_function=loss_function, forward_only=False)
+                        loss, meta_info = self.forward_step(micro_batch=micro_batch, loss_function=loss_function,
+                                                            forward_only=False)
                         if not real:
                             loss = loss * 0.0
                         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -211,83 +210,46 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         return output
 
     def _mgs_domain_rewards(self, data, labels: list[str], domains: list[str]) -> dict:
-        """``mgs/reward/{domain}``: the mean sequence score (``token_level_scores`` summed over the response) of
-        the domain's rows in this mini-batch, over all DP ranks. verl's driver logs no per-domain training reward;
-        its batch reaches the actor with the scores (legacy trainer), so the actor reports them. Empty when the
-        batch carries no scores (the v1 trainer sends the loss fields only)."""
+        """``mgs/reward/{domain}/mean`` and ``/std`` (the sequence score, ``token_level_scores`` summed over the
+        response) and ``mgs/completion_length/{domain}`` (response tokens) of the domain's rows in this mini-batch,
+        over all DP ranks: one all-reduce. verl's driver logs no per-domain training reward; its batch reaches the
+        actor with the scores (legacy trainer), so the actor reports them. Empty when the batch carries no scores
+        (the v1 trainer sends the loss fields only)."""
         if "token_level_scores" not in data.keys():
             return {}
-        scores = data["token_level_scores"]
-        per_row = scores.values().new_tensor([float(s.sum()) for s in scores.unbind()]) if scores.is_nested \
-            else scores.sum(-1).float()
-        index = torch.tensor([domains.index(d) for d in labels], dtype=torch.long)
-        totals = torch.zeros(2, len(domains), dtype=torch.float64)
-        totals[0].index_add_(0, index, per_row.detach().cpu().double())
-        totals[1].index_add_(0, index, torch.ones(len(labels), dtype=torch.float64))
-        totals = totals.to(get_device_id())
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
-        totals = totals.cpu()
-        return {f"mgs/reward/{d}": Metric(AggregationType.MEAN, float(totals[0, i] / totals[1, i]))
-                for i, d in enumerate(domains) if totals[1, i] > 0}
+        ids = torch.tensor([domains.index(d) for d in labels], dtype=torch.long)
+        quantities = [_row_sums(data["token_level_scores"])]
+        if "response_mask" in data.keys():
+            quantities.append(_row_sums(data["response_mask"]))
+        moments = torch.stack([domain_moments(q, ids, len(domains)) for q in quantities]).to(get_device_id())
+        dist.all_reduce(moments, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
+        summary = domain_summary(moments[0], domains, "reward_mean", "reward_std")
+        if len(quantities) > 1:
+            summary.update(domain_summary(moments[1], domains, "completion_length"))
+        return {k: Metric(AggregationType.MEAN, v) for k, v in summary.items() if not math.isnan(v)}
 
     # ------------------------------------------------------------------ checkpointing
-    def _mgs_state(self) -> dict:
-        return {"engine_step": self._mgs_step, "surgery": self._mgs_surgery().state_dict()}
-
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None, **kwargs):
-        super().save_checkpoint(local_path, hdfs_path=hdfs_path, global_step=global_step,
+        super().save_checkpoint(local_path=local_path, hdfs_path=hdfs_path, global_step=global_step,
                                 max_ckpt_to_keep=max_ckpt_to_keep, **kwargs)
         if self._mgs_enabled():
-            torch.save(self._mgs_state(), os.path.join(local_path, STATE_FILE.format(rank=dist.get_rank())))
+            save_surgery_state(local_path, dist.get_rank(), self._mgs_surgery().state_dict(), engine_step=self._mgs_step)
 
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=True, **kwargs):
-        state = None
-        if self._mgs_enabled():
-            path = os.path.join(local_path, STATE_FILE.format(rank=dist.get_rank()))
-            if not os.path.exists(path):  # another world size: every rank saved the same state
-                saved = sorted(glob.glob(os.path.join(local_path, STATE_FILE.format(rank="*"))))
-                if not saved:
-                    raise FileNotFoundError(
-                        f"{path} is missing: the checkpoint was not written by a verl_mgs surgery engine, so the "
-                        "surgery state (step, Gram EMA) cannot be restored."
-                    )
-                path = saved[0]
-            state = torch.load(path, weights_only=False)  # read first: verl may delete local_path after loading
-        super().load_checkpoint(local_path, hdfs_path=hdfs_path, del_local_after_load=del_local_after_load, **kwargs)
+        # read first: verl may delete local_path after loading
+        state = load_surgery_state(local_path, dist.get_rank()) if self._mgs_enabled() else None
+        super().load_checkpoint(local_path=local_path, hdfs_path=hdfs_path, del_local_after_load=del_local_after_load,
+                                **kwargs)
         if state is not None:
             self._mgs_surgery().load_state_dict(state["surgery"])
             self._mgs_step = int(state["engine_step"])
 
 
-def _current_key() -> tuple[str, str]:
-    """The ``(device, vendor)`` key verl's ``EngineRegistry.get_engine_cls`` looks up first in this process."""
-    from verl.utils.device import get_device_name, get_vendor
-
-    return (os.getenv("VERL_ENGINE_DEVICE") or get_device_name(), os.getenv("VERL_ENGINE_VENDOR") or get_vendor())
-
-
-def register() -> None:
-    """Register :class:`MGSFSDPEngine` for verl's fsdp/fsdp2 language-model engines (idempotent).
-
-    The vendor-specific keys are looked up before verl's own device-only keys
-    (verl/workers/engine/base.py:411-418), so this overrides the stock engine without touching it. Besides
-    verl 0.9.1's known vendors, the key of this process's own platform is registered, so an MGS config can
-    never silently get the stock engine; a key another plugin holds is an error.
-    """
-    keys = list(dict.fromkeys([*_REGISTRY_KEYS, _current_key()]))
-    for backend in ("fsdp", "fsdp2"):
-        registry = EngineRegistry._engines.get("language_model", {}).get(backend, {})
-        for key in keys:
-            existing = registry.get(key)
-            if existing is MGSFSDPEngine:
-                continue
-            if existing is not None:
-                raise RuntimeError(f"verl_mgs cannot register its engine for {backend} {key}: {existing.__name__} "
-                                   "is registered there already (another plugin?).")
-            device, vendor = key
-            EngineRegistry.register(model_type="language_model", backend=backend, device=device, vendor=vendor)(
-                MGSFSDPEngine
-            )
+def _row_sums(values) -> torch.Tensor:
+    """``[rows]`` float64: each row's sum of ``values`` (a padded ``[rows, length]`` tensor or a jagged nested one)."""
+    if getattr(values, "is_nested", False):
+        return torch.stack([row.sum() for row in values.unbind()]).detach().double().cpu()
+    return values.sum(-1).detach().double().cpu()
 
 
-__all__ = ["MGSFSDPEngine", "domain_labels", "register"]
+__all__ = ["MGSFSDPEngine", "domain_labels"]

@@ -6,7 +6,7 @@ Two spawned groups, each running several scenarios (process start and ``import t
   two steps with an optimizer step in between, gradient accumulation in separate ``domain``
   blocks, uneven and empty shards, a domain that one rank feeds a zero loss, a domain nobody
   feeds, and a ``shared()`` loss.
-- Replicated data parallel: ``dp_group=WORLD`` on a plain model (domains missing on one rank, a
+- Replicated data parallel: ``dp_process_group=WORLD`` on a plain model (domains missing on one rank, a
   rank with no data at all, ``shared()`` and a stray backward on one rank only), DDP under
   ``no_sync()`` (and the error without it), and domain discovery (``domains=None``).
 
@@ -110,8 +110,12 @@ def _reference_grads(ref_model: nn.Module, rank: int, step: int, actions) -> dic
     return out
 
 
-def run_steps(rank, model, ref_model, surgery, plan, steps, *, no_sync=None, zero_to_none=True, step_arg=True):
+def run_steps(rank, model, ref_model, surgery, plan, steps, *, no_sync=None, zero_to_none=True, step_arg=True,
+              before_step=None):
     """Train ``len(steps)`` steps; return one record per step.
+
+    ``before_step(i, actions)``, if given, runs before a step's first backward (and may return extra record
+    entries).
 
     ``plan(rank, i)`` lists actions ``(kind, label, micro, scale)``: kind "domain" (inside
     ``surgery.domain(label)``), "deferred" (the same with FSDP2 gradient sync off for that backward),
@@ -121,6 +125,7 @@ def run_steps(rank, model, ref_model, surgery, plan, steps, *, no_sync=None, zer
     records = []
     for i, step in enumerate(steps):
         actions = plan(rank, i)
+        extra = before_step(i, actions) if before_step is not None else {}
         for kind, label, micro, scale in actions:
             with contextlib.ExitStack() as stack:
                 if no_sync is not None:  # DDP: forward and backward under no_sync()
@@ -154,6 +159,7 @@ def run_steps(rank, model, ref_model, surgery, plan, steps, *, no_sync=None, zer
                 "stats": {k: v.detach().double().tolist() for k, v in stats.items()},
                 "local": _reference_grads(ref_model, rank, step, actions),
                 "next_step": surgery.step,
+                **(extra or {}),
             }
         )
         opt.step()
@@ -325,7 +331,7 @@ def _replicated(surgery_mode, granularity):
 
         model = make_net()
         ref_model = copy.deepcopy(model)
-        s = mgs.GradientSurgery(model, surgery=surgery_mode, granularity=granularity, domains=D3, seed=SEED, dp_group=dist.group.WORLD)
+        s = mgs.GradientSurgery(model, surgery=surgery_mode, granularity=granularity, domains=D3, seed=SEED, dp_process_group=dist.group.WORLD)
         return run_steps(rank, model, ref_model, s, _plan_replicated, [3, 4, 9])
 
     return body
@@ -372,8 +378,47 @@ def _discovery(rank):
 
     model = make_net()
     ref_model = copy.deepcopy(model)
-    s = mgs.GradientSurgery(model, surgery="modular", domains=None, seed=SEED, dp_group=dist.group.WORLD)
+    s = mgs.GradientSurgery(model, surgery="modular", domains=None, seed=SEED, dp_process_group=dist.group.WORLD)
     return run_steps(rank, model, ref_model, s, _plan_discovery, [0, 1, 2], step_arg=False)
+
+
+def _discovery_agreed(rank):
+    """The discovery plan with the domains agreed up front (as the verl engine does): one all_gather_object per
+    step in all, not one by the adapter and one by apply(); a name outside the agreed list is refused."""
+    import torch.distributed as dist
+
+    import mgs._collectives as collectives
+
+    model = make_net()
+    ref_model = copy.deepcopy(model)
+    s = mgs.GradientSurgery(model, surgery="modular", domains=None, seed=SEED, dp_process_group=dist.group.WORLD)
+    current: dict[str, list] = {"calls": []}
+    gather = collectives.dist.all_gather_object
+
+    def counting(*args, **kwargs):
+        current["calls"].append(1)
+        return gather(*args, **kwargs)
+
+    def before_step(i, actions):
+        current["calls"] = []  # this step's record keeps this list: the agreement below and apply() add to it
+        s.agree_domains([label for _, label, _, _ in actions], process_group=dist.group.WORLD)
+        try:
+            with s.domain("not-agreed"):
+                pass
+            refused = None
+        except ValueError as error:
+            refused = str(error)
+        return {"gathers": current["calls"], "refused": refused}
+
+    collectives.dist.all_gather_object = counting
+    try:
+        records = run_steps(rank, model, ref_model, s, _plan_discovery, [0, 1, 2], step_arg=False,
+                            before_step=before_step)
+    finally:
+        collectives.dist.all_gather_object = gather
+    for record in records:
+        record["gathers"] = len(record["gathers"])
+    return records
 
 
 REPLICATED_SCENARIOS = [
@@ -381,6 +426,7 @@ REPLICATED_SCENARIOS = [
     ("replicated_global_parameter", _replicated("global", "parameter")),
     ("ddp", _ddp),
     ("discovery", _discovery),
+    ("discovery_agreed", _discovery_agreed),
 ]
 
 
@@ -594,7 +640,7 @@ def test_fsdp2_gradient_held_back_across_domains_is_refused(fsdp_group):
 
 @pytest.mark.parametrize("surgery_mode", ["modular", "global"])
 def test_replicated_dp_group_averages_domains_and_shared(replicated_group, surgery_mode):
-    """dp_group=WORLD on a plain replicated model: rank 1 lacks "chat" (step 1), a shared() loss on rank 0
+    """dp_process_group=WORLD on a plain replicated model: rank 1 lacks "chat" (step 1), a shared() loss on rank 0
     only, a stray backward outside any context on rank 1 (step 2), and rank 1 without any data (step 3).
     apply() averages each domain and the shared part over the ranks (absent = zero) before surgery;
     the replicas stay identical."""
@@ -609,7 +655,7 @@ def test_replicated_dp_group_averages_domains_and_shared(replicated_group, surge
 
 def test_ddp_requires_no_sync_and_uses_its_group(replicated_group):
     """Under DDP, surgery contexts outside no_sync() raise; under no_sync() the DDP group is the default
-    dp_group (rank 1 lacks "chat"; results equal the averaged reference)."""
+    dp_process_group (rank 1 lacks "chat"; results equal the averaged reference)."""
     per_rank = replicated_group.scenario("ddp")
     for data in per_rank:
         for label, message in data["errors"].items():
@@ -629,3 +675,15 @@ def test_domain_discovery_is_agreed_across_ranks(replicated_group):
     assert [s[0]["domains"] for s in steps] == [["chat", "code", "math"]] * 2 + [["chat", "code", "math", "if"]]
     for records in steps:
         check_step(records, "modular")
+
+
+def test_domains_agreed_up_front_are_agreed_once_per_step(replicated_group):
+    """GradientSurgery.agree_domains() before the backward passes (the verl engine's order) gives the same
+    lists and results as agreeing in apply(), with one all_gather_object per step, not two."""
+    steps = _steps(replicated_group.scenario("discovery_agreed"))
+    assert [s[0]["domains"] for s in steps] == [["chat", "code", "math"]] * 2 + [["chat", "code", "math", "if"]]
+    for records in steps:
+        check_step(records, "modular")
+        for record in records:
+            assert "'not-agreed' is not among the domains agreed across ranks" in record["refused"]
+            assert record["gathers"] == 1

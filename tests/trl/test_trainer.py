@@ -291,10 +291,12 @@ def test_ddp_two_processes(tmp_path):
     assert max(r0["domains_per_microbatch"] + r1["domains_per_microbatch"]) >= 2
 
 
-@pytest.mark.parametrize("extra", [{}, {"surgery_gram_ema": 0.5, "surgery_balance": "norm"}], ids=["pcgrad", "ema"])
-def test_resume_continues_identically(tmp_path, extra):
+@pytest.mark.parametrize("extra,legacy", [({}, False), ({"surgery_gram_ema": 0.5, "surgery_balance": "norm"}, False),
+                                          ({"surgery_gram_ema": 0.5}, True)], ids=["pcgrad", "ema", "ema-legacy-file"])
+def test_resume_continues_identically(tmp_path, extra, legacy):
     """4 steps straight equal 2 steps, a checkpoint, a fresh trainer resuming, and 2 more (modular surgery; with
-    a Gram EMA, whose state travels in the checkpoint)."""
+    a Gram EMA, whose state travels in the checkpoint; and from a checkpoint that holds the state under the file
+    name and format of version 0.1.0, ``mgs_surgery.pt``)."""
     cls = make_stub_mgs_trainer_class()
 
     def trainer(out, **kw):
@@ -307,14 +309,30 @@ def test_resume_continues_identically(tmp_path, extra):
     straight.train()
     first = trainer(tmp_path / "resumed", save_strategy="steps", save_steps=2, max_steps=2)
     first.train()
+    checkpoint = tmp_path / "resumed" / "checkpoint-2"
+    saved = torch.load(checkpoint / "mgs_surgery_rank0.pt", weights_only=True)["surgery"]
+    assert ("gram_ema" in saved) == bool(extra)
+    if legacy:
+        (checkpoint / "mgs_surgery_rank0.pt").unlink()
+        torch.save(saved, checkpoint / "mgs_surgery.pt")
     resumed = trainer(tmp_path / "resumed", save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
     for (n, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
     moved = sum(float((p - q).detach().norm()) for p, q in zip(straight.model.parameters(), first.model.parameters()))
     assert moved > 0, "steps 3-4 changed nothing: the test could not fail"
-    saved = torch.load(tmp_path / "resumed" / "checkpoint-2" / "mgs_surgery.pt", weights_only=True)
-    assert ("gram_ema" in saved) == bool(extra)
+
+
+def test_resume_from_a_checkpoint_without_surgery_state_is_an_error(tmp_path):
+    cls = make_stub_mgs_trainer_class()
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, save_strategy="steps", save_steps=1, **COMMON)
+    cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+        processing_class=tiny_tokenizer()).train()
+    (tmp_path / "checkpoint-1" / "mgs_surgery_rank0.pt").unlink()
+    again = cls(model=tiny_model(), reward_funcs=[reward], args=MGSGRPOConfig(output_dir=str(tmp_path), max_steps=2,
+                **COMMON), train_dataset=dataset(), processing_class=tiny_tokenizer())
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-1/mgs_surgery_rank0.pt is missing"):
+        again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
 
 
 def test_per_domain_reward_and_length_metrics(tmp_path):
@@ -351,8 +369,9 @@ def test_docs_list_every_logged_metric(tmp_path):
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[2] / "docs"
-    trl_doc = (docs / "trl.md").read_text().split("<!-- trl-metrics:start -->")[1].split("<!-- trl-metrics:end -->")[0]
-    core_doc = (docs / "metrics.md").read_text().split("<!-- metrics:start -->")[1].split("<!-- metrics:end -->")[0]
+    text = (docs / "metrics.md").read_text()
+    adapter_doc = text.split("<!-- adapter-metrics:start -->")[1].split("<!-- adapter-metrics:end -->")[0]
+    core_doc = text.split("<!-- metrics:start -->")[1].split("<!-- metrics:end -->")[0]
     cls = make_stub_mgs_trainer_class()
     args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **COMMON)
     trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(), processing_class=tiny_tokenizer())
@@ -372,5 +391,6 @@ def test_docs_list_every_logged_metric(tmp_path):
         return out
 
     core = {f"mgs/{k}" for k in expand(re.findall(r"^- `([^`]+)`", core_doc, flags=re.M)) if k != "nonfinite_flags"}
-    adapter = expand(k for k in re.findall(r"^- `([^`]+)`", trl_doc, flags=re.M) if not k.startswith("mgs/<"))
+    adapter = expand(k for k, rest in re.findall(r"^- `([^`]+)`(.*)", adapter_doc, flags=re.M)
+                     if not rest.startswith(": verl only"))
     assert emitted == core | adapter

@@ -412,3 +412,32 @@ def test_apply_is_sync_free_on_cuda():
     expected = reference_surgery(grads, s.groups(), "modular", 3, 0)
     worst = max(float((params[n].grad.double().cpu() - expected[n]).norm() / expected[n].norm()) for n in params)
     assert worst <= 1e-5
+
+
+def test_process_group_arguments_renamed_with_a_warning():
+    model = torch.nn.Linear(3, 2)
+    with pytest.warns(FutureWarning, match=r"dp_group=\.\.\.\) is renamed dp_process_group"):
+        mgs.GradientSurgery(model, domains=["a"], dp_group=None)
+    with pytest.warns(FutureWarning, match=r"shard_group=\.\.\.\) is renamed shard_process_group"):
+        mgs.GradientSurgery(model, domains=["a"], shard_group=None)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['dp_grup'\]"):
+        mgs.GradientSurgery(model, domains=["a"], dp_grup=None)
+
+
+def test_an_unknown_fsdp2_layout_is_a_named_error():
+    from types import SimpleNamespace
+
+    from mgs._fsdp2 import check_fsdp2_layout
+    from mgs.integration import UpstreamMismatchError
+
+    class FakeFSDP2(torch.nn.Module):
+        def __init__(self, param_attrs):
+            super().__init__()
+            self.param = SimpleNamespace(**param_attrs)
+
+        def _get_fsdp_state(self):
+            return SimpleNamespace(_fsdp_param_groups=[SimpleNamespace(fsdp_params=[self.param], _partial_reduce_output=None)])
+
+    check_fsdp2_layout([FakeFSDP2({"unsharded_accumulated_grad": None})])
+    with pytest.raises(UpstreamMismatchError, match=r"FSDP2's private FSDPParam.unsharded_accumulated_grad.*torch \("):
+        check_fsdp2_layout([FakeFSDP2({})])  # a torch that renamed it: refused, not a check that never fires

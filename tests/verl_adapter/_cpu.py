@@ -130,7 +130,7 @@ def install() -> None:
     set_platform(PlatformCPU())
 
     # Forward-only engines (the reference model) get FSDP2's CPUOffloadPolicy(pin_memory=True)
-    # (transformer_impl.py:459-463); pinning host memory needs an accelerator, so pin nothing here.
+    # (FSDPEngine's model build); pinning host memory needs an accelerator, so pin nothing here.
     from verl.workers.engine.fsdp import transformer_impl
 
     policy = transformer_impl.CPUOffloadPolicy

@@ -169,7 +169,7 @@ def actor_input(batch, cfg):
 
 def to_v1_layout(td):
     """The actor input as verl's default (v1, TransferQueue) trainer hands it over: every per-sample field
-    jagged (agent_loop_tq.py:183-200, trainer_base.py:1786-1798), no attention_mask / max_response_len."""
+    jagged (verl's v1 agent_loop_tq and trainer_base), no attention_mask / max_response_len."""
     from verl.utils import tensordict_utils as tu
 
     attention = td["attention_mask"]

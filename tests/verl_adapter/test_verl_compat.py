@@ -81,12 +81,43 @@ try:
 except KeyError as error:
     out["missing"] = str(error)
 
-# a platform whose vendor verl_mgs does not list: the config still selects the MGS engine there
-import os
-os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = "xpu", "intel"
+print(json.dumps(out))
+"""
+
+# a platform whose vendor verl_mgs does not list (VERL_ENGINE_DEVICE/VENDOR set by the test): the MGS engine is
+# registered for it too when the plugin is imported
+OTHER_VENDOR_CHECK = """
+import json
+import verl
 from verl.workers.engine.base import EngineRegistry
+from verl_mgs.config import MGSFSDPEngineConfig
 MGSFSDPEngineConfig(strategy="fsdp2")
-out["other_vendor_engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
+print(json.dumps({"other_vendor_engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__}))
+"""
+
+# another plugin holds the keys before verl_mgs is imported: verl_mgs's import must not fail (a verl run without MGS
+# goes on with the other plugin's engine), and building an MGS config must refuse to run without surgery
+CONFLICT_CHECK = """
+import json
+import verl
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+
+class OtherPluginEngine(FSDPEngineWithLMHead):
+    pass
+
+
+EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device="cuda", vendor="nvidia")(
+    OtherPluginEngine)
+import verl_mgs
+out = {"engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__}
+from verl_mgs.config import MGSFSDPEngineConfig
+try:
+    MGSFSDPEngineConfig(strategy="fsdp2")
+    out["error"] = None
+except RuntimeError as error:
+    out["error"] = str(error)
 print(json.dumps(out))
 """
 
@@ -126,6 +157,9 @@ def checks(tmp_path_factory):
         # no plugin may import verl_mgs before the check (should the entry point be installed)
         "patch": start_python(PATCH_CHECK, {"VERL_USE_EXTERNAL_PLUGINS": "none"}),
         "entry_point": start_python(ENTRY_POINT_CHECK, {"PYTHONPATH": str(plugin_dir), "VERL_USE_EXTERNAL_PLUGINS": "auto"}),
+        "other_vendor": start_python(OTHER_VENDOR_CHECK, {"PYTHONPATH": str(plugin_dir), "VERL_USE_EXTERNAL_PLUGINS": "auto",
+                                                          "VERL_ENGINE_DEVICE": "xpu", "VERL_ENGINE_VENDOR": "intel"}),
+        "conflict": start_python(CONFLICT_CHECK, {"VERL_USE_EXTERNAL_PLUGINS": "none"}),
     }
     yield procs
     for proc in procs.values():
@@ -144,7 +178,7 @@ def test_verl_model_patch_works_after_importing_verl_mgs(checks):
 
 def test_verl_plugin_entry_point_applies_the_fix_at_import_verl(checks):
     """What ``[options.entry_points] verl.plugins = verl_mgs = verl_mgs`` in setup.cfg would do: verl 0.9.1
-    imports every ``verl.plugins`` entry point at ``import verl`` (verl/__init__.py:55-76), in every process."""
+    imports every ``verl.plugins`` entry point at ``import verl`` (the plugin loop at the end of verl/__init__.py), in every process."""
     out = result(checks["entry_point"])
     assert out["imported"] is True and out["patched"] is True
 
@@ -161,4 +195,10 @@ def test_config_errors_name_the_bad_value(checks):
 
 def test_an_unlisted_platform_vendor_still_gets_the_mgs_engine(checks):
     """Otherwise verl would fall back to its device-only key, the stock engine, and skip surgery silently."""
-    assert result(checks["entry_point"])["other_vendor_engine"] == "MGSFSDPEngine"
+    assert result(checks["other_vendor"])["other_vendor_engine"] == "MGSFSDPEngine"
+
+
+def test_another_plugins_engine_does_not_fail_verl_but_an_mgs_config_refuses_it(checks):
+    out = result(checks["conflict"])
+    assert out["engine"] == "OtherPluginEngine"  # verl without MGS: untouched, no error at import
+    assert "could not register its surgery engine" in out["error"] and "OtherPluginEngine" in out["error"]

@@ -1,0 +1,106 @@
+"""One declaration of every surgery setting, shared by every adapter's config.
+
+Each :class:`Setting` names the adapter's config field, the :class:`mgs.SurgeryOptions` field it
+feeds, its default and its help text. An adapter declares its fields with :func:`setting_field`
+(a ``dataclasses.field`` carrying the default and ``metadata={"help", "choices"}``, which TRL's
+``HfArgumentParser`` turns into command-line options) and builds the options with
+:func:`surgery_options`, so names, defaults, help and validation are the same in TRL and verl.
+``tests/integration`` checks that every ``SurgeryOptions`` field has a setting and that every adapter
+config declares every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
+from mgs.methods import METHOD_NAMES
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One surgery setting as adapters expose it.
+
+    Attributes:
+        name: the adapter config's field name.
+        option: the :class:`mgs.SurgeryOptions` field it sets.
+        default: the default value (``None`` for ``seed``: the framework's own seed).
+        help: the help text, the same in every adapter.
+        choices: the allowed values, for command-line parsers; ``None`` when any value of the type goes.
+    """
+
+    name: str
+    option: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("surgery", "surgery", "modular",
+            "How the domains' gradients are combined: 'none' (plain sum: naive mixing, the stock update), "
+            "'global' (the method over all parameters as one vector) or 'modular' (the method per module).",
+            SURGERY_MODES),
+    Setting("surgery_granularity", "granularity", "parameter",
+            "What a module is for 'modular' surgery and for the statistics: 'parameter' (each tensor), 'module' "
+            "(each leaf module; LoRA adapters count as their base module), 'block' (attention / MLP / the rest of "
+            "each decoder layer) or 'layer' (each decoder layer).",
+            GRANULARITIES),
+    Setting("surgery_method", "method", "pcgrad",
+            "The method applied per module: 'pcgrad', or a TorchJD weighting ('upgrad', 'mgda', 'dualproj', "
+            "'aligned_mtl', 'imtl_g', 'gradvac', 'cagrad'; the torchjd extra). Ignored by surgery='none'.",
+            METHOD_NAMES),
+    Setting("surgery_balance", "balance", "none",
+            "'norm' rescales each domain's gradient to the mean norm of the domains before the method (per module "
+            "for 'modular', over the whole model otherwise); with surgery='none' it is the equal-norm baseline.",
+            BALANCES),
+    Setting("surgery_gram_ema", "gram_ema", 0.0,
+            "Decay in [0, 1) of a moving average of each module's Gram matrix from which the method decides (a "
+            "variant, not the paper's method; 0 decides from the current step only). Saved in checkpoints."),
+    Setting("surgery_on_nonfinite", "on_nonfinite", "propagate",
+            "'propagate' gives modules with inf/NaN gradients the plain sum, so the framework's own handling "
+            "(gradient scaler, NaN checks) sees them; 'raise' raises FloatingPointError (one host sync per step).",
+            ON_NONFINITE),
+    Setting("surgery_seed", "seed", None,
+            "Seeds the method's random choices (PCGrad's projection orders) together with the step; None uses the "
+            "framework's own seed."),
+    Setting("domains", "domains", None,
+            "The ordered domain names, fixed for the run; None reads them from the data (TRL: the sorted distinct "
+            "values of the training set; verl: agreed across ranks as they appear)."),
+)
+"""Every surgery setting, in the order adapters document them."""
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def setting_field(name: str) -> Any:
+    """A ``dataclasses.field`` for setting ``name``: its default and ``metadata={"help", "choices"}``."""
+    setting = _BY_NAME[name]
+    metadata: dict[str, Any] = {"help": setting.help}
+    if setting.choices is not None:
+        metadata["choices"] = list(setting.choices)
+    return dataclasses.field(default=setting.default, metadata=metadata)
+
+
+def surgery_options(config: Any, *, framework_seed: int, domains: Sequence[str] | None = None) -> SurgeryOptions:
+    """The :class:`mgs.SurgeryOptions` of an adapter config that declares every setting of :data:`SETTINGS`.
+
+    Args:
+        config: the adapter's config (any object with the settings' fields as attributes).
+        framework_seed: the seed ``surgery_seed=None`` stands for (TRL's ``seed``, verl's engine ``seed``).
+        domains: a domain list found in the data, used when the config's ``domains`` is ``None``.
+
+    Raises:
+        ValueError, TypeError: from :class:`mgs.SurgeryOptions`, naming the bad value and the allowed ones.
+    """
+    values = {s.option: getattr(config, s.name) for s in SETTINGS}
+    if values["seed"] is None:
+        values["seed"] = framework_seed
+    if values["domains"] is None:
+        values["domains"] = domains
+    elif not isinstance(values["domains"], str):
+        values["domains"] = list(values["domains"])  # omegaconf ListConfig and the like
+    return SurgeryOptions(**values)

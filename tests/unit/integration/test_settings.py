@@ -1,0 +1,72 @@
+"""One declaration of every surgery setting: the core's options, TRL's config and verl's config agree on it."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+import mgs
+from mgs.integration import SETTINGS, setting_field, surgery_options
+
+
+def _adapter_configs():
+    configs = []
+    try:
+        from trl_mgs import MGSGRPOConfig
+
+        configs.append(MGSGRPOConfig)
+    except ImportError:  # pragma: no cover - depends on the environment
+        pass
+    try:
+        from verl_mgs.config import MGSFSDPEngineConfig
+
+        configs.append(MGSFSDPEngineConfig)
+    except ImportError:  # pragma: no cover
+        pass
+    return configs
+
+
+def test_every_option_has_one_setting():
+    options = {f.name for f in dataclasses.fields(mgs.SurgeryOptions)}
+    assert sorted(s.option for s in SETTINGS) == sorted(options)
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+@pytest.mark.parametrize("config", _adapter_configs(), ids=lambda c: c.__name__)
+def test_every_adapter_declares_every_setting(config):
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for setting in SETTINGS:
+        assert setting.name in fields, f"{config.__name__} lacks the setting {setting.name}"
+        found = fields[setting.name]
+        assert found.default == setting.default, setting.name
+        assert found.metadata.get("help") == setting.help, setting.name
+    doc = " ".join(config.__doc__.split())
+    for setting in SETTINGS:
+        assert " ".join(setting.help.split()) in doc, f"{config.__name__}'s docstring lacks {setting.name}'s help"
+
+
+def test_both_adapters_are_checked():
+    assert len(_adapter_configs()) == 2, "the test environment has both adapters (the trl and verl extras)"
+
+
+def test_surgery_options_maps_every_setting():
+    values = {"surgery": "global", "surgery_granularity": "block", "surgery_method": "pcgrad", "surgery_balance": "norm",
+              "surgery_gram_ema": 0.5, "surgery_on_nonfinite": "raise", "surgery_seed": 7, "domains": ["b", "a"]}
+    options = surgery_options(SimpleNamespace(**values), framework_seed=42)
+    assert options == mgs.SurgeryOptions(surgery="global", granularity="block", method="pcgrad", balance="norm",
+                                         gram_ema=0.5, on_nonfinite="raise", seed=7, domains=("b", "a"))
+    defaults = SimpleNamespace(**{s.name: s.default for s in SETTINGS})
+    options = surgery_options(defaults, framework_seed=42, domains=["x"])
+    assert options.seed == 42 and options.domains == ("x",)
+    assert options == mgs.SurgeryOptions(seed=42, domains=["x"])  # the settings' defaults are the core's
+
+
+def test_setting_field_carries_help_and_choices():
+    f = setting_field("surgery")
+    assert f.default == "modular" and f.metadata["choices"] == list(mgs.SURGERY_MODES)
+    assert "choices" not in setting_field("surgery_seed").metadata
+    with pytest.raises(ValueError, match="surgery='modualr'"):
+        surgery_options(SimpleNamespace(**({s.name: s.default for s in SETTINGS} | {"surgery": "modualr"})),
+                        framework_seed=0)

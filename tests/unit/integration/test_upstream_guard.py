@@ -1,0 +1,77 @@
+"""Upstream guards: a version out of range, a missing member or a changed signature raises a named error."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import types
+
+import pytest
+
+from mgs.integration import Seam, UpstreamMismatchError, check_instance, check_upstream
+from mgs.integration.upstream import parse_version
+
+
+@pytest.fixture
+def fake_upstream(monkeypatch):
+    module = types.ModuleType("fake_upstream")
+
+    class Trainer:
+        def _hook(self, inputs, *, flag=False):
+            return inputs
+
+    module.Trainer = Trainer
+    monkeypatch.setitem(sys.modules, "fake_upstream", module)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"fake-upstream": "1.4.2"}[name])
+    return module
+
+
+def test_passes_when_everything_matches(fake_upstream):
+    seams = [Seam("fake_upstream:Trainer._hook", "override", ("inputs", "flag"))]
+    assert check_upstream("fake-upstream", "1.4", "1.5", seams, adapter="x_mgs") == "1.4.2"
+
+
+def test_version_out_of_range(fake_upstream):
+    with pytest.raises(UpstreamMismatchError, match=r"x_mgs supports fake-upstream>=1.5,<1.6; fake-upstream 1.4.2 is installed"):
+        check_upstream("fake-upstream", "1.5", "1.6", [], adapter="x_mgs")
+
+
+def test_changed_signature_names_the_member(fake_upstream):
+    def changed(self, inputs, extra, *, flag=False):
+        return inputs
+
+    fake_upstream.Trainer._hook = changed  # a new upstream release added a parameter
+    seams = [Seam("fake_upstream:Trainer._hook", "override", ("inputs", "flag"))]
+    with pytest.raises(UpstreamMismatchError, match=r"x_mgs overrides fake_upstream:Trainer._hook \(fake-upstream 1.4.2 "
+                                                    r"is installed; supported: fake-upstream>=1.4,<1.5\), written for the "
+                                                    r"parameters \('inputs', 'flag'\), but the installed one takes "
+                                                    r"\('inputs', 'extra', 'flag'\)"):
+        check_upstream("fake-upstream", "1.4", "1.5", seams, adapter="x_mgs")
+
+
+def test_missing_member(fake_upstream):
+    with pytest.raises(UpstreamMismatchError, match=r"reads fake_upstream:Trainer._gone .* does not exist"):
+        check_upstream("fake-upstream", "1.4", None, [Seam("fake_upstream:Trainer._gone", "read")], adapter="x_mgs")
+
+
+def test_instance_attributes(fake_upstream):
+    obj = fake_upstream.Trainer()
+    obj._metrics = {}
+    check_instance(obj, ["_metrics"], adapter="x_mgs", package="fake-upstream")
+    with pytest.raises(UpstreamMismatchError, match=r"x_mgs reads _buffer of Trainer, which this fake-upstream \(1.4.2\)"):
+        check_instance(obj, ["_metrics", "_buffer"], adapter="x_mgs", package="fake-upstream")
+
+
+def test_parse_version():
+    assert parse_version("2.13.0+cpu") == (2, 13, 0) and parse_version("1.17.0rc1") == (1, 17, 0)
+
+
+def test_the_adapters_seams_match_the_installed_packages():
+    pytest.importorskip("trl")
+    from trl_mgs import _upstream as trl_seams
+
+    trl_seams.check()
+    pytest.importorskip("verl")
+    from verl_mgs import _upstream as verl_seams
+
+    verl_seams.check()
