@@ -251,7 +251,8 @@ class GradientSurgery:
         is dropped (``optimizer.zero_grad()``), as surgery keeps no reference to them.
 
         Every rank must call it once per step (also a rank that saw no data). It never syncs with the
-        host when the domain list is fixed and ``on_nonfinite="propagate"``.
+        host when the domain list is fixed, ``on_nonfinite="propagate"`` and the method is registered
+        without ``host_sync`` (PCGrad; TorchJD weightings copy the Gram matrices to the CPU once).
 
         Args:
             step: the training step, which seeds the method's random choices with ``seed``; defaults to

@@ -146,7 +146,7 @@ def _build(spec: MethodSpec) -> GramMethod:
     try:
         return spec.factory()
     except ImportError as error:
-        if spec.extra is None:
+        if spec.extra is None or f"mgs-rl[{spec.extra}]" in str(error):  # no extra, or its hint is there already
             raise
         raise ImportError(
             f"method {spec.name!r} needs the {spec.extra!r} extra: pip install 'mgs-rl[{spec.extra}]' ({error})"
@@ -158,12 +158,15 @@ def resolve_method(method: str | object) -> Method:
 
     Args:
         method: a registered name (a fresh object from its factory), a TorchJD ``Weighting`` instance (copied
-            per group; ``host_sync=True``) or a user callable (used as is: ``projects=False``,
-            ``host_sync=False``; it may have ``state_dict``/``load_state_dict``).
+            per group; ``host_sync=True``), a user callable (used as is: ``projects=False``,
+            ``host_sync=False``; it may have ``state_dict``/``load_state_dict``), or a :class:`Method`
+            (returned as is).
 
     Returns:
         A :class:`Method` wrapping it.
     """
+    if isinstance(method, Method):
+        return method
     validate_method(method)
     if isinstance(method, str):
         spec = method_spec(method)

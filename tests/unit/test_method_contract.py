@@ -196,7 +196,8 @@ def test_unregistered_and_duplicate_names_are_clear_errors(mine):
         register_method("mine", Halves)
     unregister_method("mine")
     try:
-        for build in (lambda: mgs.SurgeryOptions(method="mine"), lambda: mgs.GradientSurgery(TinyLlama(), method="mine")):
+        for build in (lambda: mgs.SurgeryOptions(method="mine"),
+                      lambda: mgs.GradientSurgery(TinyLlama(), method="mine")):
             with pytest.raises(ValueError, match=r"method='mine' is not supported; choose one of 'pcgrad', 'upgrad'"):
                 build()
     finally:
@@ -216,12 +217,14 @@ def test_the_registry_validates_what_a_method_returns():
     register_method("claims_projections", lambda: inverse_norm, projects=True)
     register_method("hides_projections", lambda: lambda gram, gen: MethodOutput(inverse_norm(gram, gen), gram > 0))
     try:
-        with pytest.raises(ImportError, match=r"'needs_extra' needs the 'solver' extra: pip install 'mgs-rl\[solver\]'"):
+        with pytest.raises(ImportError, match=r"'needs_extra' needs the 'solver' extra: pip install 'mgs-rl\[solver"):
             mgs.GradientSurgery(TinyLlama(), method="needs_extra")
         with pytest.raises(ValueError, match="projects=True but returned projected=None"):
             resolve_method("claims_projections")(_grams(), step_generator(0, 0))
         with pytest.raises(ValueError, match="returned projections but does not declare them"):
             resolve_method("hides_projections")(_grams(), step_generator(0, 0))
+        pcgrad = resolve_method("pcgrad")
+        assert resolve_method(pcgrad) is pcgrad and resolve_method("pcgrad") is not pcgrad  # one object per surgery
         with pytest.raises(ValueError, match=r"expected weights of shape \(5, 4\)"):
             resolve_method(lambda gram, gen: gram)(_grams(), step_generator(0, 0))
     finally:

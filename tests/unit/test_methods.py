@@ -1,4 +1,5 @@
-"""Methods beyond plain PCGrad: norm balancing, the Gram EMA, TorchJD weightings, and their statistics.
+"""Methods beyond plain PCGrad: norm balancing, the Gram EMA, TorchJD weightings (and GradVac's checkpointed
+state), and their statistics.
 
 References are written here with loops over groups and domains in float64 (or are TorchJD's own
 aggregators), sharing nothing with mgs but the PCGrad projection orders (part of the specification)."""
@@ -271,7 +272,8 @@ def test_gradvac_state_survives_a_weights_only_checkpoint_bit_for_bit(tmp_path):
     _, cold_grads = _gradvac_run(range(3, 6), surgery=without_method_state)
     assert not all(torch.equal(a[n], b[n]) for a, b in zip(straight_grads[3:], cold_grads) for n in a)
     with pytest.raises(ValueError, match="no method state but method='gradvac' keeps state"):
-        _setup(3, method="gradvac", granularity="block")[1].load_state_dict({k: v for k, v in loaded.items() if k != "method"})
+        fresh = _setup(3, method="gradvac", granularity="block")[1]
+        fresh.load_state_dict({k: v for k, v in loaded.items() if k != "method"})
 
 
 def test_stateless_torchjd_methods_add_no_state_and_unknown_stateful_weightings_warn():
