@@ -56,9 +56,10 @@ class SurgeryOptions:
             regular expression (the first match in a parameter's name is its group key; names without a
             match form their own group) or a callable from parameter name to group key. Statistics are
             reported per group for every ``surgery`` mode.
-        method: ``"pcgrad"``, a TorchJD weighting by name (``"upgrad"``, ``"mgda"``, ``"dualproj"``,
-            ``"aligned_mtl"``, ``"imtl_g"``, ``"gradvac"``, ``"cagrad"``; the ``torchjd`` extra) or as a
-            ``torchjd.aggregation`` Weighting instance, or a callable ``(gram [M, K, K] float64, generator)
+        method: a registered name (:func:`mgs.methods.method_names`): ``"pcgrad"``, a TorchJD weighting
+            (``"upgrad"``, ``"mgda"``, ``"dualproj"``, ``"aligned_mtl"``, ``"imtl_g"``, ``"gradvac"``,
+            ``"cagrad"``; the ``torchjd`` extra) or one added with :func:`mgs.methods.register_method`; a
+            ``torchjd.aggregation`` Weighting instance; or a callable ``(gram [M, K, K] float64, generator)
             -> weights [M, K]`` (see :mod:`mgs.methods`). Ignored by ``surgery="none"``.
         balance: ``"none"`` or ``"norm"``: before the method, rescale each domain's gradient to the mean norm
             of the domains present (per group for ``"modular"``, over the whole model for ``"global"`` and
@@ -81,7 +82,7 @@ class SurgeryOptions:
     gram_ema: float = 0.0
 
     def __post_init__(self) -> None:
-        from mgs.methods import METHOD_NAMES  # local import: methods import nothing from here
+        from mgs.methods import validate_method  # local import: methods import nothing from here
 
         _choice("surgery", self.surgery, SURGERY_MODES)
         if isinstance(self.granularity, str):
@@ -93,10 +94,7 @@ class SurgeryOptions:
                 )
         elif not (isinstance(self.granularity, re.Pattern) or callable(self.granularity)):
             raise TypeError(f"granularity must be a string, a compiled regex or a callable; got {self.granularity!r}.")
-        if isinstance(self.method, str):
-            _choice("method", self.method, METHOD_NAMES)
-        elif not callable(self.method):
-            raise TypeError(f"method must be one of {METHOD_NAMES} or a callable; got {self.method!r}.")
+        validate_method(self.method)  # the registry's names, a TorchJD Weighting instance or a callable
         object.__setattr__(self, "domains", validate_domains(self.domains))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int; got {self.seed!r}.")

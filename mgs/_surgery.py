@@ -20,7 +20,7 @@ from mgs._gram_ema import GramEMA
 from mgs._options import Granularity, SurgeryOptions
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
-from mgs.methods import pcgrad_weights, resolve_method, step_generator
+from mgs.methods import resolve_method, step_generator
 
 
 _NO_CONTEXT = object()
@@ -287,17 +287,7 @@ class GradientSurgery:
             decide = self._ema.update(current, current.diagonal(dim1=1, dim2=2) > 0)
         if scales is not None:
             decide = balanced_gram(decide, scales)
-        generator = step_generator(o.seed, step)
-        projected = None
-        if self._method is pcgrad_weights:
-            weights, projected = pcgrad_weights(decide, generator, return_projections=True)
-        else:
-            weights = self._method(decide, generator)
-        if not isinstance(weights, torch.Tensor) or weights.shape != decide.shape[:2]:
-            raise ValueError(
-                f"method {o.method!r} returned {getattr(weights, 'shape', type(weights))}; "
-                f"expected weights of shape {tuple(decide.shape[:2])} (groups × domains)."
-            )
+        weights, projected = self._method(decide, step_generator(o.seed, step))  # shapes checked there
         weights = weights.to(clean.dtype)
         if scales is not None:
             weights = weights * scales
@@ -310,7 +300,8 @@ class GradientSurgery:
         is dropped (``optimizer.zero_grad()``), as surgery keeps no reference to them.
 
         Every rank must call it once per step (also a rank that saw no data). It never syncs with the
-        host when the domain list is fixed and ``on_nonfinite="propagate"``.
+        host when the domain list is fixed, ``on_nonfinite="propagate"`` and the method is registered
+        without ``host_sync`` (PCGrad; TorchJD weightings copy the Gram matrices to the CPU once).
 
         Args:
             step: the training step, which seeds the method's random choices with ``seed``; defaults to
@@ -345,19 +336,32 @@ class GradientSurgery:
         for bucket in buffers.buckets:
             combine_bucket(bucket, weights, self._dp_process_group)
         self._step = step + 1
-        projects = self.options.surgery == "none" or self._method is pcgrad_weights
+        projects = self._method is None or self._method.projects
         return surgery_stats(gram, clean, nonfinite, self._domains, self._kind_masks, weights, projected, projects)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The step counter, seed and domain list, and the Gram EMA when ``gram_ema > 0``: all the state surgery has."""
+        """The step counter, seed and domain list, the Gram EMA when ``gram_ema > 0``, and the method's state
+        under ``"method"`` when it keeps one (GradVac's per-group target cosines): all the state surgery has."""
         state = {"step": self._step, "seed": self.options.seed, "domains": list(self._domains)}
         if self._ema is not None:
             state["gram_ema"] = self._ema.state_dict()
+        method_state = self._method.state_dict() if self._method is not None else {}
+        if method_state:
+            state["method"] = method_state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` saved with the same options (before the first backward)."""
         domains = list(state["domains"])
+        stateful = self._method is not None and self._method.stateful
+        if stateful and "method" not in state:
+            raise ValueError(f"the checkpoint has no method state but method={self.options.method!r} keeps state; "
+                             "resume with the settings it was saved with, or start a new run.")
+        if "method" in state and not stateful:
+            raise ValueError(f"the checkpoint holds method state (keys {sorted(state['method'])}) but method="
+                             f"{self.options.method!r} with surgery={self.options.surgery!r} keeps none; resume with "
+                             "the settings it was saved with, or drop state['method'] to discard it.")
         if not self._discover and domains != self._domains:
             raise ValueError(f"checkpoint domains {domains!r} differ from the configured domains {self._domains!r}.")
         if self._buffers.is_open:
@@ -370,3 +374,5 @@ class GradientSurgery:
                 raise ValueError("the checkpoint has no Gram EMA state but gram_ema > 0 is configured; resume with the "
                                  "settings it was saved with, or start a new run.")
             self._ema.load_state_dict(state["gram_ema"], self._device)
+        if stateful:
+            self._method.load_state_dict(state["method"])

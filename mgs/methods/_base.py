@@ -1,23 +1,49 @@
 """Step 4 — a method maps per-group Gram matrices to per-group domain weights.
 
-A method is any callable ``method(gram, generator) -> weights`` where ``gram`` is
-``[M, K, K]`` float64 (one symmetric positive semi-definite matrix per group, rows and columns of
-absent domains are zero) and ``weights`` is ``[M, K]``: the group's update is
-``Σ_k weights[m, k] · g_k``. It never sees a gradient, so it costs O(M·K³) whatever the model
-size, and it must not synchronise with the host (no ``.item()``, no Python branch on values).
-``generator`` is a CPU ``torch.Generator`` seeded from ``(seed, step)``: the only randomness a
-method may use, identical on every rank.
+A method is any callable ``method(gram, generator)`` where ``gram`` is ``[M, K, K]`` float64 (one
+symmetric positive semi-definite matrix per group, rows and columns of absent domains are zero). It
+returns the weights ``[M, K]``, the group's update being ``Σ_k weights[m, k] · g_k``, either as a
+tensor or as a :class:`MethodOutput` that also carries the projections it made. It never sees a
+gradient, so it costs O(M·K³) whatever the model size. ``generator`` is a CPU ``torch.Generator``
+seeded from ``(seed, step)``: the only randomness a method may use, identical on every rank.
+
+The contract every registered method meets (``tests/unit/test_method_contract.py`` checks it):
+
+- weights ``[M, K]``, floating point, finite, on ``gram``'s device; ``gram`` is left unchanged;
+- deterministic given the generator's seed;
+- an absent domain (zero row and column) gets a finite weight and does not change the others' weights;
+- no host synchronisation (no ``.item()``, ``.tolist()``, ``.cpu()``, no Python branch on values),
+  unless the method is registered with ``host_sync=True``.
+
+A method may hold state across steps (e.g. GradVac's target cosines): it then has
+``state_dict() -> dict`` (tensors, numbers, strings and containers of them, so that
+``torch.load(weights_only=True)`` reads it; non-empty from construction on) and
+``load_state_dict(state)``, and its state is part of :meth:`mgs.GradientSurgery.state_dict`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol, Union
 
 import torch
 
 
+class MethodOutput(NamedTuple):
+    """What a method returns when it has more to say than its weights.
+
+    Attributes:
+        weights: ``[M, K]``: group ``m``'s update is ``Σ_k weights[m, k] · g_k``.
+        projected: ``[M, K, K]`` booleans, ``[m, i, j]`` when domain ``i``'s gradient was projected off
+            domain ``j``'s in group ``m`` (PCGrad), for the ``projection_frac`` statistics; ``None`` for
+            a method that does not project.
+    """
+
+    weights: torch.Tensor
+    projected: torch.Tensor | None = None
+
+
 class GramMethod(Protocol):
-    def __call__(self, gram: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+    def __call__(self, gram: torch.Tensor, generator: torch.Generator) -> Union[torch.Tensor, MethodOutput]: ...
 
 
 _MASK64 = (1 << 64) - 1

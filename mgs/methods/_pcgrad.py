@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from mgs.methods._base import MethodOutput
+
 
 def pcgrad_orders(num_groups: int, num_domains: int, generator: torch.Generator) -> torch.Tensor:
     """``[M, K, K]``: ``orders[m, i]`` is a random permutation of all domains; ``i`` itself is skipped."""
@@ -51,3 +53,17 @@ def pcgrad_weights(
             projected.scatter_(2, j.unsqueeze(-1), project.unsqueeze(-1))  # each (i, j) is met once
     weights = coef.sum(dim=1)
     return weights if projected is None else (weights, projected)
+
+
+def pcgrad(gram: torch.Tensor, generator: torch.Generator) -> MethodOutput:
+    """The registered ``"pcgrad"`` method: :func:`pcgrad_weights` with its projections.
+
+    Args:
+        gram: ``[M, K, K]`` Gram matrices.
+        generator: the step's generator (draws the projection orders).
+
+    Returns:
+        The weights ``[M, K]`` and the ``[M, K, K]`` projection flags.
+    """
+    weights, projected = pcgrad_weights(gram, generator, return_projections=True)
+    return MethodOutput(weights, projected)

@@ -1,4 +1,5 @@
-"""Methods beyond plain PCGrad: norm balancing, the Gram EMA, TorchJD weightings, and their statistics.
+"""Methods beyond plain PCGrad: norm balancing, the Gram EMA, TorchJD weightings (and GradVac's checkpointed
+state), and their statistics.
 
 References are written here with loops over groups and domains in float64 (or are TorchJD's own
 aggregators), sharing nothing with mgs but the PCGrad projection orders (part of the specification)."""
@@ -203,6 +204,89 @@ def test_torchjd_weighting_instance_and_unknown_names():
         mgs.GradientSurgery(TinyLlama(), balance="l2")
     with pytest.raises(ValueError, match=r"gram_ema=1.0 is not supported; give a decay in \[0, 1\)"):
         mgs.GradientSurgery(TinyLlama(), gram_ema=1.0)
+
+
+def _gradvac_run(steps, surgery=None, record=None, **kw):
+    """Run GradVac surgery (domain "code" absent at step 1, so the groups' states change size) over ``steps``;
+    return the surgery and each step's p.grad. ``record`` collects each step's weights."""
+    k = 3
+    model, s, params, _ = _setup(k, method="gradvac", granularity="block", **kw)
+    if surgery is not None:
+        s = surgery(model)
+    groups = list(s.groups().values())
+    if record is not None:  # wrap the method object to see its weights
+        inner = s._method.fn
+
+        class Recording:
+            def __call__(self, gram, generator):
+                record.append(inner(gram, generator))
+                return record[-1]
+
+            def state_dict(self):
+                return inner.state_dict()
+
+        s._method.fn = Recording()
+    grads_out = []
+    for step in steps:
+        present = [0, 1] if step == 1 else [0, 1, 2]
+        feed(s, params, synthetic_grads(params, k, step, groups), [DOMAINS[d] for d in present])
+        s.apply(step=step)
+        grads_out.append({n: p.grad.clone() for n, p in params.items()})
+        model.zero_grad()
+    return s, grads_out
+
+
+def test_gradvac_state_survives_a_weights_only_checkpoint_bit_for_bit(tmp_path):
+    """GradVac keeps per-group target cosines: 6 steps straight equal 3 steps, checkpoint (torch.save,
+    torch.load(weights_only=True)) into a fresh GradientSurgery, 3 more steps; bit for bit. Without the method
+    state the resumed steps differ, and a checkpoint without it is refused."""
+    pytest.importorskip("torchjd.aggregation")
+    straight_weights, resumed_weights = [], []
+    straight, straight_grads = _gradvac_run(range(6), record=straight_weights)
+    first, _ = _gradvac_run(range(3))
+    state = first.state_dict()
+    groups = state["method"]["groups"]
+    assert len(groups) == len(first.groups()) and all(g["phi"].shape == (3, 3) for g in groups.values())
+    torch.save(state, tmp_path / "surgery.pt")
+    loaded = torch.load(tmp_path / "surgery.pt", weights_only=True)
+
+    def restore(model):
+        s = mgs.GradientSurgery(model, domains=DOMAINS[:3], seed=3, method="gradvac", granularity="block")
+        s.load_state_dict(loaded)
+        return s
+
+    resumed, resumed_grads = _gradvac_run(range(3, 6), surgery=restore, record=resumed_weights)
+    assert resumed.step == straight.step == 6
+    for a, b in zip(straight_weights[3:], resumed_weights):
+        assert torch.equal(a, b)
+    for a, b in zip(straight_grads[3:], resumed_grads):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    final, after = straight.state_dict()["method"]["groups"], resumed.state_dict()["method"]["groups"]
+    assert final.keys() == after.keys() and all(torch.equal(final[g]["phi"], after[g]["phi"]) for g in final)
+
+    def without_method_state(model):
+        s = mgs.GradientSurgery(model, domains=DOMAINS[:3], seed=3, method="gradvac", granularity="block")
+        s.load_state_dict(loaded | {"method": {"groups": {}}})  # step and domains restored, targets from zero
+        return s
+
+    _, cold_grads = _gradvac_run(range(3, 6), surgery=without_method_state)
+    assert not all(torch.equal(a[n], b[n]) for a, b in zip(straight_grads[3:], cold_grads) for n in a)
+    with pytest.raises(ValueError, match="no method state but method='gradvac' keeps state"):
+        fresh = _setup(3, method="gradvac", granularity="block")[1]
+        fresh.load_state_dict({k: v for k, v in loaded.items() if k != "method"})
+
+
+def test_stateless_torchjd_methods_add_no_state_and_unknown_stateful_weightings_warn():
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    model, s, params, grads = _setup(3, method="upgrad")
+    feed(s, params, grads, DOMAINS[:3])
+    s.apply(step=0)
+    assert "method" not in s.state_dict()
+    with pytest.warns(UserWarning, match="PCDWeighting is stateful, but mgs does not know how to checkpoint"):
+        model, s, params, grads = _setup(3, method=aggregation.PCDWeighting())
+    feed(s, params, grads, DOMAINS[:3])
+    s.apply(step=0)
+    assert "method" not in s.state_dict()
 
 
 @pytest.mark.parametrize("surgery, balance", [("modular", "none"), ("global", "none"), ("modular", "norm"), ("none", "none")])
