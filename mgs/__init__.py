@@ -9,7 +9,7 @@ from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, S
 from mgs._partition import KINDS
 from mgs._surgery import GradientSurgery
 from mgs.data import MixturePlan, batch_counts, check_trl_compatible, interleave_domains, plan_mixture
-from mgs.methods import METHOD_NAMES, METHODS
+from mgs.methods import METHOD_NAMES, METHODS, method_names, register_method
 
 __version__ = "0.1.0"
 
@@ -27,5 +27,7 @@ __all__ = [
     "batch_counts",
     "check_trl_compatible",
     "interleave_domains",
+    "method_names",
     "plan_mixture",
+    "register_method",
 ]
