@@ -30,8 +30,8 @@ def register() -> None:
     """Register the MGS engine for verl's fsdp/fsdp2 language-model engines (idempotent).
 
     The vendor-specific keys are looked up before verl's own device-only keys (``EngineRegistry.get_engine_cls``),
-    so this overrides the stock engine without touching it; with a plain ``FSDPEngineConfig`` the MGS engine is
-    the stock code path.
+    so this overrides the stock engine without touching it; for a plain ``FSDPEngineConfig`` the MGS engine class
+    builds verl's own engine instead (``MGSFSDPEngine.__new__``).
 
     Raises:
         RuntimeError: another engine is registered under one of the keys (another plugin).

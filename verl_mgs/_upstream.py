@@ -16,6 +16,7 @@ VERL_VERSIONS = ("0.9.1", "0.9.2")
 _ENGINE = "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead"
 
 SEAMS = (
+    Seam(f"{_ENGINE}.__init__", "call", ("model_config", "engine_config", "optimizer_config", "checkpoint_config")),
     Seam(f"{_ENGINE}.forward_backward_batch", "override", ("data", "loss_function", "forward_only")),
     Seam(f"{_ENGINE}.initialize", "override", ()),
     Seam(f"{_ENGINE}.save_checkpoint", "override",

@@ -112,6 +112,14 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
     _surgery: GradientSurgery | None = None
     _mgs_step: int = 0
 
+    def __new__(cls, *args, **kwargs):
+        # Registered under verl's own fsdp/fsdp2 keys, this class is what verl builds for every FSDP engine of a
+        # process that imported verl_mgs; a plain FSDPEngineConfig (a run without MGS) gets verl's own class.
+        config = kwargs["engine_config"] if "engine_config" in kwargs else args[1] if len(args) > 1 else None
+        if cls is MGSFSDPEngine and not isinstance(config, MGSFSDPEngineConfig):
+            return FSDPEngineWithLMHead(*args, **kwargs)
+        return super().__new__(cls)
+
     def _mgs_enabled(self) -> bool:
         return isinstance(self.engine_config, MGSFSDPEngineConfig) and not self.engine_config.forward_only
 

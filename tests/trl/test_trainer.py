@@ -325,7 +325,7 @@ def test_resume_continues_identically(tmp_path, extra, legacy):
 
 def test_resume_from_a_checkpoint_without_surgery_state_is_an_error(tmp_path):
     cls = make_stub_mgs_trainer_class()
-    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, save_strategy="steps", save_steps=1, **COMMON)
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **(COMMON | {"save_strategy": "steps", "save_steps": 1}))
     cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
         processing_class=tiny_tokenizer()).train()
     (tmp_path / "checkpoint-1" / "mgs_surgery_rank0.pt").unlink()
