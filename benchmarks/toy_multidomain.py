@@ -6,8 +6,8 @@
     python benchmarks/toy_multidomain.py --from-json docs/results/toy_multidomain.json --compare modular-global
     python benchmarks/toy_multidomain.py --noise-check 16,32,64    # gradient noise floor (seconds)
 
-Per seed, a tiny Qwen2-architecture causal LM (:func:`mgs.toy.tiny_causal_lm`, random weights, no download)
-is warm-started once with TRL's ``SFTTrainer`` on the three toy domains of :mod:`mgs.toy` (copy, reverse,
+Per seed, a tiny Qwen2-architecture causal LM (:func:`mgs_tools.toy.tiny_causal_lm`, random weights, no download)
+is warm-started once with TRL's ``SFTTrainer`` on the three toy domains of :mod:`mgs_tools.toy` (copy, reverse,
 sort: one prompt format, one input, only the tag differs). Its ``state_dict`` is saved, and every arm of
 that seed loads it, so all arms start from identical weights (a SHA-256 of the weights is recorded per
 run). Then each arm runs GRPO with ``MGSGRPOTrainer`` for the same number of steps, on the same prompts in
@@ -36,7 +36,7 @@ Two settings:
   unscaled.
 
 Every arm is evaluated every ``--eval-every`` steps (and at step 0) on a fixed held-out set of prompts per
-domain: the mean :func:`mgs.toy.score` of completions sampled at temperature 1, the quantity GRPO maximizes,
+domain: the mean :func:`mgs_tools.toy.score` of completions sampled at temperature 1, the quantity GRPO maximizes,
 from a generator seeded by (seed, step) that leaves the training RNG alone. "final" is the last evaluation, "AUC" the
 mean of the evaluation curve over training (trapezoid over steps, divided by the steps: in [0, 1]).
 Each arm's metrics are compared with naive mixing (``none``) seed by seed: mean of the paired
@@ -163,7 +163,7 @@ def warm_start(size: Size, seed: int, path: str) -> dict:
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mgs.toy import char_tokenizer, sft_dataset, tiny_causal_lm
+    from mgs_tools.toy import char_tokenizer, sft_dataset, tiny_causal_lm
 
     start = time.perf_counter()
     tokenizer = char_tokenizer()
@@ -191,7 +191,7 @@ def _grpo_rows(size: Size, seed: int, sequential: bool) -> list[dict]:
     from the same per-domain pool: the mixed arms in :mod:`mgs.data`'s seeded order, the sequential arm in
     pool order."""
     from mgs.data import interleave_domains
-    from mgs.toy import domain_rows
+    from mgs_tools.toy import domain_rows
 
     per_step = size.prompts_per_domain * len(size.domains)
     need = size.steps * per_step  # the most any domain can use (sequential)
@@ -214,7 +214,7 @@ def _phases(size: Size) -> list[tuple[int, int]]:
 
 
 def _eval_rows(size: Size, seed: int) -> dict[str, list[dict]]:
-    from mgs.toy import domain_rows
+    from mgs_tools.toy import domain_rows
 
     return {d: domain_rows(d, size.eval_prompts, size.digits, seed=seed + 1000) for d in size.domains}
 
@@ -225,7 +225,7 @@ def _evaluate(model, tokenizer, rows: dict[str, list[dict]], size: Size, seed: i
     prompt has the same length: no padding."""
     import torch
 
-    from mgs.toy import score
+    from mgs_tools.toy import score
 
     was_training = model.training
     model.eval()
@@ -268,8 +268,8 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
     import torch
     from transformers import PrinterCallback, TrainerCallback
 
-    from mgs.toy import char_tokenizer, target, tiny_causal_lm
-    from mgs.toy import score as toy_score
+    from mgs_tools.toy import char_tokenizer, target, tiny_causal_lm
+    from mgs_tools.toy import score as toy_score
     from trl_mgs import MGSGRPOTrainer
 
     start = time.perf_counter()
@@ -344,7 +344,7 @@ def _noise_rows(size: Size, seed: int, prompts: int, steps: int) -> list[dict]:
     domain draw from the benchmark's pool of that domain (seed + 1): ``#a`` its first ``steps * prompts`` rows,
     ``#b`` the next ones, so the two batches of a domain are independent draws of the same distribution."""
     from mgs.data import interleave_domains
-    from mgs.toy import domain_rows
+    from mgs_tools.toy import domain_rows
 
     n = steps * prompts
     sources = {}
@@ -369,8 +369,8 @@ def noise_run(size: Size, seed: int, prompts: int, steps: int, warm_path: str) -
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from mgs.toy import char_tokenizer, target, tiny_causal_lm
-    from mgs.toy import score as toy_score
+    from mgs_tools.toy import char_tokenizer, target, tiny_causal_lm
+    from mgs_tools.toy import score as toy_score
     from trl_mgs import MGSGRPOTrainer
 
     start = time.perf_counter()

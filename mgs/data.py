@@ -228,33 +228,6 @@ def _from_rows(domain: str, rows: Sequence[Mapping[str, Any]]) -> hf.Dataset:
     return hf.Dataset.from_list([dict(r) for r in rows])
 
 
-_TABLE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
-
-
-def load_table(path: str, split: str = "train") -> hf.Dataset:
-    """A local table as a ``datasets.Dataset``: a .json/.jsonl/.parquet/.csv file, or a directory written by
-    ``Dataset.save_to_disk`` (``split`` picks from a ``DatasetDict``). ``datasets.load_dataset`` takes a single
-    file only with its builder named, so this names it from the suffix."""
-    import os
-
-    import datasets as hf
-
-    if os.path.isdir(path):
-        loaded = hf.load_from_disk(path)
-        if isinstance(loaded, hf.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"split {split!r} is not in {path}; its splits are {sorted(loaded)}.")
-            loaded = loaded[split]
-        return loaded
-    if not os.path.isfile(path):
-        raise ValueError(f"no such data file or saved dataset directory: {path!r}.")
-    builder = _TABLE_BUILDERS.get(path.lower().rsplit(".", 1)[-1])
-    if builder is None:
-        raise ValueError(f"cannot tell the format of {path!r}; use a .json, .jsonl, .parquet or .csv file, "
-                         "or a directory written by Dataset.save_to_disk.")
-    return hf.load_dataset(builder, data_files=path, split="train")
-
-
 def plan_mixture(
     sizes: Mapping[str, int | Sized],
     proportions: Mapping[str, float],

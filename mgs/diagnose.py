@@ -608,7 +608,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _load_dataset(path: str, split: str) -> Any:
-    from mgs.data import load_table
+    from mgs_tools.tables import load_table
 
     try:
         return load_table(path, split)
@@ -629,11 +629,11 @@ def load_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows grouped by domain, from a json/jsonl/parquet/csv file or a saved dataset directory.
 
-    ``data=None`` gives the toy domains of :mod:`mgs.toy` (copy, reverse, sort; ``toy_rows`` each).
+    ``data=None`` gives the toy domains of :mod:`mgs_tools.toy` (copy, reverse, sort; ``toy_rows`` each).
     Domains keep the order of first appearance unless ``domains`` names them (a subset, in that order).
     """
     if data is None:
-        from mgs import toy
+        from mgs_tools import toy
 
         names = list(domains) if domains else list(toy.TRANSFORMS)
         unknown = [d for d in names if d not in toy.TRANSFORMS]
@@ -706,7 +706,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load_model(args: argparse.Namespace) -> tuple[nn.Module, Any, str]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model is None:
-        from mgs import toy
+        from mgs_tools import toy
 
         model, tokenizer, name = toy.tiny_causal_lm(), toy.char_tokenizer(), "mgs.toy.tiny_causal_lm"
         if args.dtype not in ("auto", "float32"):

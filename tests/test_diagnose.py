@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from mgs import toy  # noqa: E402
+from mgs_tools import toy  # noqa: E402
 from mgs.diagnose import DiagnoseError, diagnose, main, split_halves  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

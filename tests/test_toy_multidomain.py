@@ -32,7 +32,7 @@ def test_statistics():
 
 
 def test_sequential_and_mixed_data_draw_from_the_same_pools():
-    from mgs.toy import domain_rows
+    from mgs_tools.toy import domain_rows
 
     size = tm.Size(steps=6, prompts_per_domain=2)
     mixed, sequential = tm._grpo_rows(size, 0, False), tm._grpo_rows(size, 0, True)
@@ -148,7 +148,7 @@ def test_noise_run_tiny(tmp_path):
     """noise_run end to end on a tiny random model: learning rate 0 leaves the weights alone, one Gram per step."""
     import torch
 
-    from mgs.toy import tiny_causal_lm
+    from mgs_tools.toy import tiny_causal_lm
 
     size = tm.Size(hidden=16, layers=1, num_generations=4, max_completion_length=4)
     warm = tmp_path / "warm.pt"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import datasets
 
-from mgs.data import load_table
+from mgs_tools.tables import load_table
 
 
 def load(source: str, split: str, config: str | None = None) -> datasets.Dataset:

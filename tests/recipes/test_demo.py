@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
 
-from mgs.toy import TRANSFORMS, domain_rows, score, target, transform_reward  # noqa: E402
+from mgs_tools.toy import TRANSFORMS, domain_rows, score, target, transform_reward  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "trl"
 

@@ -14,7 +14,7 @@ pytest.importorskip("math_verify")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification  # noqa: E402
 
-from mgs.toy import char_tokenizer  # noqa: E402
+from mgs_tools.toy import char_tokenizer  # noqa: E402
 from trl_mgs.rewards import RewardModelScorer, for_domains  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "trl"

@@ -91,7 +91,7 @@ def prepared(tmp_path_factory):
 
 
 def _tokenizer():
-    from mgs.toy import char_tokenizer
+    from mgs_tools.toy import char_tokenizer
 
     tokenizer = char_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
