@@ -188,10 +188,10 @@ def warm_start(size: Size, seed: int, path: str) -> dict:
 def _grpo_rows(size: Size, seed: int, sequential: bool) -> list[dict]:
     """The GRPO prompts in training order: ``prompts_per_domain`` of each domain per step (mixed, the same for
     every mixed arm), or one domain's prompts per step for a third of the steps each (sequential). Both draw
-    from the same per-domain pool: the mixed arms in :mod:`mgs.data`'s seeded order, the sequential arm in
+    from the same per-domain pool: the mixed arms in :func:`mgs.plan_mixture`'s seeded order, the sequential arm in
     pool order."""
-    from mgs.data import interleave_domains
     from mgs_tools.toy import domain_rows
+    from trl_mgs import interleave_domains
 
     per_step = size.prompts_per_domain * len(size.domains)
     need = size.steps * per_step  # the most any domain can use (sequential)
@@ -343,8 +343,8 @@ def _noise_rows(size: Size, seed: int, prompts: int, steps: int) -> list[dict]:
     """The noise check's prompts in training order: ``prompts`` of each pseudo-domain per step. Both halves of a
     domain draw from the benchmark's pool of that domain (seed + 1): ``#a`` its first ``steps * prompts`` rows,
     ``#b`` the next ones, so the two batches of a domain are independent draws of the same distribution."""
-    from mgs.data import interleave_domains
     from mgs_tools.toy import domain_rows
+    from trl_mgs import interleave_domains
 
     n = steps * prompts
     sources = {}

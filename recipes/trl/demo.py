@@ -22,9 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl import SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 
-from mgs.data import check_trl_compatible, interleave_domains  # noqa: E402
 from mgs_tools.toy import TRANSFORMS, char_tokenizer, domain_rows, sft_dataset, tiny_causal_lm, transform_reward  # noqa: E402
-from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer  # noqa: E402
+from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer, check_trl_compatible, interleave_domains  # noqa: E402
 
 
 @dataclass

@@ -5,7 +5,7 @@
 
 Math prompts are rewarded by math-verify (``trl.rewards.accuracy_reward`` against the dataset's
 solution), chat prompts by a sequence-classification reward model; ``trl_mgs.rewards.for_domains``
-routes each reward function to its domain's rows. The two datasets are mixed with ``mgs.data`` so every
+routes each reward function to its domain's rows. The two datasets are mixed with ``trl_mgs.interleave_domains`` so every
 generation batch holds the configured proportions. Any ``MGSGRPOConfig`` / ``ModelConfig`` field can be
 set in the YAML or on the command line; LoRA through ``--use_peft``.
 """
@@ -20,8 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 from trl.rewards import accuracy_reward
 
-from mgs.data import check_trl_compatible, interleave_domains
-from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
+from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer, check_trl_compatible, interleave_domains
 from trl_mgs.rewards import RewardModelScorer, for_domains
 
 
