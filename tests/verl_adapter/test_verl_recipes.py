@@ -37,7 +37,7 @@ def test_the_recipes_cover_both_models_both_domain_sets_and_every_arm():
 
 
 @pytest.mark.parametrize("name", ARMS)
-def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name):
+def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name, monkeypatch):
     from verl.trainer.ppo.reward import get_custom_reward_fn
     from verl.utils.config import omega_conf_to_dataclass
     from verl.utils.dataset.rl_dataset import get_dataset_class
@@ -45,6 +45,7 @@ def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name):
     from verl_mgs.config import MGSFSDPEngineConfig
     from verl_mgs.data import MixtureDataset
 
+    monkeypatch.chdir(ROOT)  # the recipes name recipes/verl/rewards.py relative to the repository root
     cfg = compose(name)
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     arm = name.rsplit("_", 1)[-1] if name.endswith(("_none", "_global")) else "modular"
@@ -145,10 +146,33 @@ def test_mixture_dataset_errors(prepared):
 
 
 # ----------------------------------------------------------------------------- rewards
+def _rewards():
+    """recipes/verl/rewards.py, imported as prepare_data.py imports it: from its folder."""
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import rewards
+    finally:
+        sys.path.remove(str(RECIPES))
+    return rewards
+
+
+def test_reward_function_is_a_file_relative_to_the_repository_root(tmp_path, monkeypatch):
+    """verl opens the recipes' reward path relative to the current directory (recipes/verl/README.md)."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    cfg = compose(ARMS[0])
+    assert cfg.reward.custom_reward_function.path == "recipes/verl/rewards.py"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="recipes/verl/rewards.py"):
+        get_custom_reward_fn(cfg)
+    absolute = compose(ARMS[0], [f"reward.custom_reward_function.path={RECIPES / 'rewards.py'}"])
+    assert get_custom_reward_fn(absolute) is not None
+
+
 def test_reward_function_scores_each_domain(prepared):
     import datasets
 
-    from verl_mgs.rewards import compute_score
+    compute_score = _rewards().compute_score
 
     def first(domain):
         return datasets.Dataset.from_parquet(str(prepared / domain / "train.parquet"))[0]

@@ -1,10 +1,18 @@
 """One verl reward function for the multi-domain recipes: math by math-verify, instruction following by
 verifiable checks, chat by a reward model served by verl's reward loop.
 
-In a recipe::
+Recipe code, not part of ``verl_mgs``: surgery needs no reward of its own, and verl takes any reward function
+as a file. In a recipe (``mgs_common.yaml``)::
 
     reward:
-      custom_reward_function: {path: pkg://verl_mgs.rewards, name: compute_score}
+      custom_reward_function: {path: recipes/verl/rewards.py, name: compute_score}
+
+verl 0.9.1 loads the file by its path (``verl.utils.import_utils.load_module``: a path that is not
+``pkg://`` is opened as given, so a relative one is relative to the current directory of the Ray worker
+that builds the reward loop). With the local Ray cluster that ``python -m verl.trainer.main_ppo`` starts
+from the repository root, as ``recipes/verl/README.md`` runs it, that is the repository root. From another
+directory, or on a cluster started with ``ray start``, pass an absolute path that exists on every node:
+``reward.custom_reward_function.path=$PWD/recipes/verl/rewards.py``.
 
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info, ...)`` once per response
 (verl/experimental/reward_loop/reward_manager/naive.py). The domain is ``extra_info["domain"]`` when the
@@ -147,6 +155,6 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     elif domain == "chat":
         score = chat_score(solution_str, extra_info, reward_router_address, reward_model_tokenizer, reward_model_name)
     else:
-        raise ValueError(f"no reward for domain {domain!r} (data_source {data_source!r}); verl_mgs.rewards scores "
-                         f"{list(DOMAINS)}: set extra_info['domain'] or data_source to one of them.")
+        raise ValueError(f"no reward for domain {domain!r} (data_source {data_source!r}); recipes/verl/rewards.py "
+                         f"scores {list(DOMAINS)}: set extra_info['domain'] or data_source to one of them.")
     return score
