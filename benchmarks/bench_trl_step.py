@@ -39,7 +39,7 @@ def _worker(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from mgs.toy import CHARS, char_tokenizer
+    from mgs_tools.toy import CHARS, char_tokenizer
     from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
 
     torch.manual_seed(0)

@@ -16,5 +16,5 @@ PY="$VENV/bin/python"
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==2.13.0" > "$CONSTRAINTS"
-"$PY" -m pip install --quiet -c "$CONSTRAINTS" -e ".[test,trl,verl,plot,torchjd]"
+"$PY" -m pip install --quiet -c "$CONSTRAINTS" -e ".[test,trl,verl,tools,plot,torchjd]"
 exec "$PY" -m pytest --durations=15 "$@"

@@ -1,4 +1,5 @@
-"""benchmarks/toy_multidomain.py: the --quick run end to end, and the statistics its table rests on."""
+"""benchmarks/toy_multidomain.py (and toy_multidomain_lib/): the --quick run end to end, and the statistics its
+table rests on."""
 
 from __future__ import annotations
 
@@ -18,31 +19,33 @@ BENCH = ROOT / "benchmarks" / "toy_multidomain.py"
 sys.path.insert(0, str(BENCH.parent))
 try:
     import toy_multidomain as tm  # noqa: E402
+    from toy_multidomain_lib import experiment as ex  # noqa: E402
+    from toy_multidomain_lib import statistics as st  # noqa: E402
 finally:
     sys.path.remove(str(BENCH.parent))
 
 
 def test_statistics():
-    assert tm.paired([0.0, 0.0, 0.0]) == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
-    d = tm.paired([0.1, 0.3])  # mean 0.2, sd 0.1414, t(1) = 12.706
+    assert st.paired([0.0, 0.0, 0.0]) == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}
+    d = st.paired([0.1, 0.3])  # mean 0.2, sd 0.1414, t(1) = 12.706
     assert d["mean"] == pytest.approx(0.2) and d["hi"] - d["mean"] == pytest.approx(12.706 * 0.1)  # t * sd / sqrt(n)
-    assert tm.t_quantile(9) == 2.262 and tm.t_quantile(35) == 2.042 and tm.t_quantile(500) == 1.980
-    assert tm.auc([0, 10, 20], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
-    assert tm._phases(tm.Size(steps=10)) == [(0, 3), (3, 6), (6, 10)]
+    assert st.t_quantile(9) == 2.262 and st.t_quantile(35) == 2.042 and st.t_quantile(500) == 1.980
+    assert st.auc([0, 10, 20], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    assert ex._phases(ex.Size(steps=10)) == [(0, 3), (3, 6), (6, 10)]
 
 
 def test_sequential_and_mixed_data_draw_from_the_same_pools():
-    from mgs.toy import domain_rows
+    from mgs_tools.toy import domain_rows
 
-    size = tm.Size(steps=6, prompts_per_domain=2)
-    mixed, sequential = tm._grpo_rows(size, 0, False), tm._grpo_rows(size, 0, True)
+    size = ex.Size(steps=6, prompts_per_domain=2)
+    mixed, sequential = ex._grpo_rows(size, 0, False), ex._grpo_rows(size, 0, True)
     assert len(mixed) == len(sequential) == 6 * 2 * 3
-    assert mixed == tm._grpo_rows(size, 0, False)  # deterministic: every mixed arm trains on the same order
+    assert mixed == ex._grpo_rows(size, 0, False)  # deterministic: every mixed arm trains on the same order
     for step in range(6):  # every mixed step holds prompts_per_domain rows of each domain
         batch = mixed[step * 6 : (step + 1) * 6]
-        assert sorted(r["domain"] for r in batch) == sorted(list(tm.DOMAINS) * 2)
-    assert [r["domain"] for r in sequential] == [d for d in tm.DOMAINS for _ in range(2 * 6)]  # 2 steps x 6 each
-    for d in tm.DOMAINS:
+        assert sorted(r["domain"] for r in batch) == sorted(list(ex.DOMAINS) * 2)
+    assert [r["domain"] for r in sequential] == [d for d in ex.DOMAINS for _ in range(2 * 6)]  # 2 steps x 6 each
+    for d in ex.DOMAINS:
         pool = {r["prompt"] for r in domain_rows(d, 6 * 6, size.digits, seed=1)}
         assert all(r["prompt"] in pool for r in mixed + sequential if r["domain"] == d)
 
@@ -58,20 +61,20 @@ def test_quick_run(tmp_path):
     assert "Command: `python benchmarks/toy_multidomain.py --quick" in table and "Wall time:" in table
 
     # Every arm has a row in both tables of every setting.
-    assert data["arms"] == list(tm.ARMS) and list(data["settings"]) == list(tm.SETTINGS)
-    for arm in tm.ARMS:
-        assert table.count(f"| {arm} |") == 2 * len(tm.SETTINGS), arm
+    assert data["arms"] == list(ex.ARMS) and list(data["settings"]) == list(ex.SETTINGS)
+    for arm in ex.ARMS:
+        assert table.count(f"| {arm} |") == 2 * len(ex.SETTINGS), arm
 
     # The reference arm's paired difference against itself is exactly 0.
     for setting, rows in data["summary"].items():
         for key, diff in rows["none"]["diff"].items():
             assert diff["mean"] == diff["lo"] == diff["hi"] == 0.0, (setting, key)
-        assert set(rows) == set(tm.ARMS)
+        assert set(rows) == set(ex.ARMS)
     assert "| none | +0.000 [+0.000, +0.000] |" in table
 
     # Same curve lengths for every run, and the same evaluation steps.
     runs, size = data["runs"], data["size"]
-    assert len(runs) == len(tm.ARMS) * len(tm.SETTINGS) * len(data["seeds"])
+    assert len(runs) == len(ex.ARMS) * len(ex.SETTINGS) * len(data["seeds"])
     steps = runs[0]["eval_steps"]
     assert steps[0] == 0 and steps[-1] == size["steps"]
     for run in runs:
@@ -122,13 +125,13 @@ def test_compare_from_the_committed_json(tmp_path, capsys):
 
 
 def test_noise_summary_and_rows():
-    size = tm.Size(steps=6, prompts_per_domain=2)
-    rows = tm._noise_rows(size, 0, 2, 3)
-    names = tm.pseudo_domains(tm.DOMAINS)
+    size = ex.Size(steps=6, prompts_per_domain=2)
+    rows = ex._noise_rows(size, 0, 2, 3)
+    names = ex.pseudo_domains(ex.DOMAINS)
     assert names[:2] == ["copy#a", "copy#b"] and len(names) == 6
     for step in range(3):  # every step holds 2 prompts of each pseudo-domain
         assert sorted(r["domain"] for r in rows[step * 12 : (step + 1) * 12]) == sorted(names * 2)
-    for d in tm.DOMAINS:  # the two halves of a domain are different prompts of that domain
+    for d in ex.DOMAINS:  # the two halves of a domain are different prompts of that domain
         a = [r["prompt"] for r in rows if r["domain"] == f"{d}#a"]
         b = [r["prompt"] for r in rows if r["domain"] == f"{d}#b"]
         assert len(a) == len(b) == 6 and a[0][0] == b[0][0] == d[0]
@@ -138,9 +141,9 @@ def test_noise_summary_and_rows():
     gram = [[1.0 if i == j else 0.5 if i // 2 == j // 2 else 0.0 for j in range(k)] for i in range(k)]
     gram[0][2] = gram[2][0] = -0.3
     gram = [[4.0 * x for x in row] for row in gram]  # the scale does not matter
-    summary = tm.noise_summary([{"completions": 16, "prompts": 2, "domains": names, "grams": [gram, gram]}])["16"]
+    summary = st.noise_summary([{"completions": 16, "prompts": 2, "domains": names, "grams": [gram, gram]}])["16"]
     assert summary["same"] == pytest.approx(0.5) and summary["cross"] == pytest.approx(-0.3 / 12)
-    assert summary["same_by_domain"] == {d: pytest.approx(0.5) for d in tm.DOMAINS}
+    assert summary["same_by_domain"] == {d: pytest.approx(0.5) for d in ex.DOMAINS}
     assert summary["same_minus_cross"]["mean"] == pytest.approx(0.5 + 0.3 / 12) and summary["n"] == 2
 
 
@@ -148,12 +151,12 @@ def test_noise_run_tiny(tmp_path):
     """noise_run end to end on a tiny random model: learning rate 0 leaves the weights alone, one Gram per step."""
     import torch
 
-    from mgs.toy import tiny_causal_lm
+    from mgs_tools.toy import tiny_causal_lm
 
-    size = tm.Size(hidden=16, layers=1, num_generations=4, max_completion_length=4)
+    size = ex.Size(hidden=16, layers=1, num_generations=4, max_completion_length=4)
     warm = tmp_path / "warm.pt"
     torch.save(tiny_causal_lm(hidden=16, layers=1, seed=0).state_dict(), warm)
-    run = tm.noise_run(size, 0, 1, 2, str(warm))
+    run = ex.noise_run(size, 0, 1, 2, str(warm))
     assert run["checksum_before"] == run["checksum_after"]
     assert len(run["grams"]) == len(run["cosine_global"]) == 2  # and their mean cosines agree (checked inside)
     assert all(len(g) == len(row) == 6 for g in run["grams"] for row in g)

@@ -1,17 +1,14 @@
 """Reward routing for multi-domain GRPO: TRL calls every reward function on every completion.
 
 ``for_domains(f, ["math"])`` calls ``f`` on the math rows only and returns ``None`` for the others, which
-TRL 1.16 treats as "no reward from this function" (NaN, skipped by ``nansum``). ``RewardModelScorer``
-turns a sequence-classification reward model into such a function, so that a chat reward model
-scores only chat prompts.
+TRL 1.16 treats as "no reward from this function" (NaN, skipped by ``nansum``). Any TRL reward function
+can be routed, a reward model's too: ``recipes/trl/reward_model.py`` (``RewardModelScorer``) scores chat
+prompts only that way in the paper recipe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
 
 RewardFunc = Callable[..., list]
 
@@ -42,53 +39,3 @@ def for_domains(reward_func: RewardFunc, domains: Sequence[str], domain_column: 
     name = f"{getattr(reward_func, '__name__', type(reward_func).__name__)}@{'+'.join(domains)}"
     routed.__name__ = name
     return routed
-
-
-class RewardModelScorer:
-    """A TRL reward function scoring (prompt, completion) with a sequence-classification reward model.
-
-    Conversational prompts (lists of messages) are rendered with the reward tokenizer's chat template,
-    the completion appended as the assistant's message; plain-text prompts are concatenated with the
-    completion. Scores are the model's single logit, computed under ``no_grad`` in batches.
-
-    Args:
-        model_name_or_path: a Hub id or a local directory with the model and its tokenizer.
-        device: where to run it (default: CUDA if available, else CPU).
-        dtype: the model's dtype (default: the checkpoint's).
-        batch_size: texts per forward pass.
-        max_length: truncation length of each rendered text.
-    """
-
-    def __init__(self, model_name_or_path: str, device: str | torch.device | None = None, dtype: Any = "auto",
-                 batch_size: int = 8, max_length: int = 4096) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=1, dtype=dtype)
-        self.model.to(self.device).eval()
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.batch_size, self.max_length = batch_size, max_length
-        self.__name__ = f"reward_model:{model_name_or_path.rstrip('/').split('/')[-1]}"
-
-    def render(self, prompt: Any, completion: Any) -> str:
-        """The text the reward model scores for one row."""
-        if isinstance(prompt, list):  # conversational
-            answer = completion[0]["content"] if isinstance(completion, list) else completion
-            messages = [*prompt, {"role": "assistant", "content": answer}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt + completion
-
-    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
-        texts = [self.render(p, c) for p, c in zip(prompts, completions)]
-        scores: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                       truncation=True, max_length=self.max_length, add_special_tokens=False)
-                logits = self.model(**batch.to(self.device)).logits
-                scores += logits[:, 0].float().tolist()
-        return scores

@@ -12,7 +12,7 @@ In a recipe (or with ``+`` on the command line)::
         stopping: cycle              # or first_exhausted (no row repeats)
 
 The rows of all ``train_files`` are read and filtered by verl, then laid out with
-:func:`mgs.data.plan_mixture`: every block of ``data.gen_batch_size`` (else ``data.train_batch_size``)
+:func:`mgs.plan_mixture`: every block of ``data.gen_batch_size`` (else ``data.train_batch_size``)
 prompts holds the same per-domain counts (largest remainder), in a seeded order. verl's sequential
 sampler then reads one block per step. The layout is rebuilt from the files and the seed whenever verl
 re-reads them (a resumed run continues it exactly). Validation files are left as they are.
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from mgs.data import plan_mixture
+from mgs import plan_mixture
 from mgs.integration import DomainIndex
 from verl_mgs import _upstream
 
@@ -36,7 +36,7 @@ _upstream.check()
 
 
 class MixtureDataset(RLHFDataset):
-    """``RLHFDataset`` whose rows are laid out by :func:`mgs.data.plan_mixture` (settings in ``data.mixture``)."""
+    """``RLHFDataset`` whose rows are laid out by :func:`mgs.plan_mixture` (settings in ``data.mixture``)."""
 
     def _read_files_and_tokenize(self):
         super()._read_files_and_tokenize()

@@ -4,7 +4,7 @@
     python recipes/trl/demo.py --config recipes/trl/demo.yaml --surgery none   # naive mixing
 
 A tiny Qwen2-architecture model is built locally (no download), warm-started with TRL's SFTTrainer
-on three digit-string transforms that share one prompt format (copy, reverse, sort: see mgs.toy),
+on three digit-string transforms that share one prompt format (copy, reverse, sort: see mgs_tools.toy),
 then trained with ``MGSGRPOTrainer`` on a mixture holding the same number of prompts of each domain
 in every generation batch. Writes to ``output_dir``: ``rewards.json`` (per-step per-domain reward
 means and surgery statistics), ``summary.md`` (the table printed at the end) and ``rewards.png``.
@@ -22,9 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl import SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 
-from mgs.data import check_trl_compatible, interleave_domains  # noqa: E402
-from mgs.toy import TRANSFORMS, char_tokenizer, domain_rows, sft_dataset, tiny_causal_lm, transform_reward  # noqa: E402
-from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer  # noqa: E402
+from mgs_tools.toy import TRANSFORMS, char_tokenizer, domain_rows, sft_dataset, tiny_causal_lm, transform_reward  # noqa: E402
+from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer, check_trl_compatible, interleave_domains  # noqa: E402
 
 
 @dataclass

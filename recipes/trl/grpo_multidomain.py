@@ -4,9 +4,10 @@
         --config recipes/trl/qwen2.5_7b_math_chat_lora.yaml [--surgery none|global|modular]
 
 Math prompts are rewarded by math-verify (``trl.rewards.accuracy_reward`` against the dataset's
-solution), chat prompts by a sequence-classification reward model; ``trl_mgs.rewards.for_domains``
-routes each reward function to its domain's rows. The two datasets are mixed with ``mgs.data`` so every
-generation batch holds the configured proportions. Any ``MGSGRPOConfig`` / ``ModelConfig`` field can be
+solution), chat prompts by a sequence-classification reward model (``RewardModelScorer`` of
+``reward_model.py``, beside this script); ``trl_mgs.rewards.for_domains`` routes each reward function to
+its domain's rows. The two datasets are mixed with ``trl_mgs.interleave_domains`` so every generation
+batch holds the configured proportions. Any ``MGSGRPOConfig`` / ``ModelConfig`` field can be
 set in the YAML or on the command line; LoRA through ``--use_peft``.
 """
 
@@ -20,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 from trl.rewards import accuracy_reward
 
-from mgs.data import check_trl_compatible, interleave_domains
-from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
-from trl_mgs.rewards import RewardModelScorer, for_domains
+from reward_model import RewardModelScorer  # recipes/trl/reward_model.py: this script's folder is on sys.path
+from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer, check_trl_compatible, interleave_domains
+from trl_mgs.rewards import for_domains
 
 
 @dataclass

@@ -8,15 +8,15 @@ Every row has verl's fields and one schema for all domains (verl concatenates th
 ``data_source`` (the domain: what ``verl_mgs`` splits gradients by), ``prompt`` (chat messages),
 ``ability``, ``reward_model`` (``{"style", "ground_truth"}``) and ``extra_info`` with ``domain``,
 ``index``, ``messages`` (the prompt again, for the chat reward model), ``instruction_id_list`` and
-``kwargs`` (IFEval's instructions, the kwargs as a JSON string). ``verl_mgs.rewards.compute_score``
-reads exactly these.
+``kwargs`` (IFEval's instructions, the kwargs as a JSON string). ``compute_score`` of
+``recipes/verl/rewards.py`` reads exactly these.
 
 Sources (any ``datasets.load_dataset`` name, or a local .json/.jsonl/.parquet/.csv file):
 - math: problems with a reference solution; the ground truth is the solution's last ``\\boxed{}``
   (rows without one are dropped);
 - chat: prompts only (the reward model judges the response); the first user turn is used;
 - ifeval: prompts with IFEval's ``instruction_id_list`` and ``kwargs``; rows with an instruction that
-  ``verl_mgs.rewards`` cannot check are dropped (the count is printed).
+  ``recipes/verl/rewards.py`` cannot check are dropped (the count is printed).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import datasets
 
-from mgs.data import load_table
+from mgs_tools.tables import load_table
 
 
 def load(source: str, split: str, config: str | None = None) -> datasets.Dataset:
@@ -63,7 +63,7 @@ def chat_row(row: dict, args) -> dict | None:
 
 
 def ifeval_row(row: dict, args) -> dict | None:
-    from verl_mgs.rewards import INSTRUCTION_CHECKS
+    from rewards import INSTRUCTION_CHECKS  # recipes/verl/rewards.py: this script's folder is on sys.path
 
     ids = list(column(row, "instruction_id_list", args.ifeval_dataset))
     kwargs = column(row, "kwargs", args.ifeval_dataset)

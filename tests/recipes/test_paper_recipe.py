@@ -1,4 +1,5 @@
-"""The paper-setting recipe (recipes/trl/grpo_multidomain.py) and its reward routing, on tiny local models."""
+"""The paper-setting recipe (recipes/trl/grpo_multidomain.py) and its reward model (reward_model.py), on tiny
+local models."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ pytest.importorskip("math_verify")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification  # noqa: E402
 
-from mgs.toy import char_tokenizer  # noqa: E402
-from trl_mgs.rewards import RewardModelScorer, for_domains  # noqa: E402
+from mgs_tools.toy import char_tokenizer  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "trl"
+sys.path.insert(0, str(RECIPES))  # recipe modules import each other as scripts do: from their folder
+try:
+    from reward_model import RewardModelScorer  # noqa: E402
+finally:
+    sys.path.remove(str(RECIPES))
+
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}" \
                 "{% if add_generation_prompt %}a:{% endif %}"
 
@@ -32,26 +38,6 @@ def _config(**kw):
     return Qwen2Config(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                        num_key_value_heads=1, max_position_embeddings=512, pad_token_id=0, eos_token_id=1,
                        bos_token_id=None, tie_word_embeddings=False, **kw)
-
-
-def test_for_domains_routes_rows():
-    calls = []
-
-    def length(prompts, completions, solution, **kwargs):
-        calls.append((prompts, completions, solution))
-        return [float(len(c)) for c in completions]
-
-    routed = for_domains(length, ["math"])
-    out = routed(prompts=["p0", "p1", "p2"], completions=["a", "bb", "ccc"], domain=["math", "chat", "math"],
-                 solution=["s0", "s1", "s2"], trainer_state=None)
-    assert out == [1.0, None, 3.0]
-    assert calls == [(["p0", "p2"], ["a", "ccc"], ["s0", "s2"])]  # only its rows, every column sliced alike
-    assert routed.__name__ == "length@math"
-    assert routed(prompts=["p"], completions=["a"], domain=["chat"]) == [None]
-    with pytest.raises(KeyError, match=r"needs the dataset column 'domain'; the columns passed are \['completions', 'prompts', 'solution'\]"):
-        routed(prompts=["p"], completions=["a"], solution=["s"])
-    with pytest.raises(TypeError, match="not the string 'math'"):
-        for_domains(length, "math")
 
 
 def test_reward_model_scorer_equals_a_direct_forward(tmp_path):

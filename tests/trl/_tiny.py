@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 from trl import GRPOTrainer
 
-from mgs.toy import char_tokenizer
+from mgs_tools.toy import char_tokenizer
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +-*=?:.,")
 DOMAINS = ["chat", "code", "math"]

@@ -14,7 +14,7 @@ def write_tiny_model(path: str | Path, seed: int = 0, hidden: int = 16, layers: 
     """A Qwen2 (2 layers, hidden 16 by default) and a char tokenizer, saved where verl's HFModelConfig loads them."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from mgs.toy import char_tokenizer
+    from mgs_tools.toy import char_tokenizer
 
     path = Path(path)
     if (path / "config.json").exists():

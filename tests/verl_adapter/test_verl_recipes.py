@@ -37,7 +37,7 @@ def test_the_recipes_cover_both_models_both_domain_sets_and_every_arm():
 
 
 @pytest.mark.parametrize("name", ARMS)
-def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name):
+def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name, monkeypatch):
     from verl.trainer.ppo.reward import get_custom_reward_fn
     from verl.utils.config import omega_conf_to_dataclass
     from verl.utils.dataset.rl_dataset import get_dataset_class
@@ -45,6 +45,7 @@ def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name):
     from verl_mgs.config import MGSFSDPEngineConfig
     from verl_mgs.data import MixtureDataset
 
+    monkeypatch.chdir(ROOT)  # the recipes name recipes/verl/rewards.py relative to the repository root
     cfg = compose(name)
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     arm = name.rsplit("_", 1)[-1] if name.endswith(("_none", "_global")) else "modular"
@@ -91,7 +92,7 @@ def prepared(tmp_path_factory):
 
 
 def _tokenizer():
-    from mgs.toy import char_tokenizer
+    from mgs_tools.toy import char_tokenizer
 
     tokenizer = char_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -145,10 +146,33 @@ def test_mixture_dataset_errors(prepared):
 
 
 # ----------------------------------------------------------------------------- rewards
+def _rewards():
+    """recipes/verl/rewards.py, imported as prepare_data.py imports it: from its folder."""
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import rewards
+    finally:
+        sys.path.remove(str(RECIPES))
+    return rewards
+
+
+def test_reward_function_is_a_file_relative_to_the_repository_root(tmp_path, monkeypatch):
+    """verl opens the recipes' reward path relative to the current directory (recipes/verl/README.md)."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    cfg = compose(ARMS[0])
+    assert cfg.reward.custom_reward_function.path == "recipes/verl/rewards.py"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="recipes/verl/rewards.py"):
+        get_custom_reward_fn(cfg)
+    absolute = compose(ARMS[0], [f"reward.custom_reward_function.path={RECIPES / 'rewards.py'}"])
+    assert get_custom_reward_fn(absolute) is not None
+
+
 def test_reward_function_scores_each_domain(prepared):
     import datasets
 
-    from verl_mgs.rewards import compute_score
+    compute_score = _rewards().compute_score
 
     def first(domain):
         return datasets.Dataset.from_parquet(str(prepared / domain / "train.parquet"))[0]
@@ -165,3 +189,19 @@ def test_reward_function_scores_each_domain(prepared):
         compute_score("chat", "hello", "", first("chat")["extra_info"])
     with pytest.raises(ValueError, match="'code'"):
         compute_score("code", "x", "", {"domain": "code"})
+
+
+def test_surgery_mixture_and_reward_read_the_same_domain_key():
+    """One setting, actor_rollout_ref.actor.fsdp_config.domain_key, names the domain for the engine, the mixture
+    and the reward function (which reads it through the same DomainIndex), so they cannot disagree about a row."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    cfg = compose(ARMS[0], [f"reward.custom_reward_function.path={RECIPES / 'rewards.py'}",
+                            "actor_rollout_ref.actor.fsdp_config.domain_key=extra_info.domain"])
+    assert cfg.data.mixture.domain_key == "extra_info.domain"
+    assert cfg.reward.custom_reward_function.reward_kwargs.domain_key == "extra_info.domain"
+    score = get_custom_reward_fn(cfg)
+    # data_source says "chat", the configured key says math: the reward follows the key, as the engine does
+    assert score(data_source="chat", solution_str="so \\boxed{2}", ground_truth="2", extra_info={"domain": "math"}) == 1.0
+    with pytest.raises(KeyError, match=r"reward_kwargs.domain_key='extra_info.domain'.*has no key 'domain'"):
+        score(data_source="math", solution_str="x", ground_truth="2", extra_info={"task": "math"})

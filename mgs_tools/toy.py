@@ -1,6 +1,6 @@
 """Toy multi-domain tasks and a tiny causal LM built locally: the CPU demo's and the tests' model and data.
 
-Needs ``transformers``, ``tokenizers`` and ``datasets`` (the ``trl`` extra); ``import mgs`` does not import it.
+Needs ``transformers``, ``tokenizers`` and ``datasets`` (the ``tools`` extra); ``import mgs_tools`` does not import it.
 
 Every domain shares one prompt format and one input, a string of digits, and differs only in the
 one-letter tag that names the transform (``c:4821=`` → ``4821``, ``r:4821=`` → ``1284``,

@@ -29,8 +29,12 @@ global random generators.
 Proportions must sum to 1 (within 1e-6): an error, not a silent normalisation, so that a typo
 such as ``{"math": 0.7, "chat": 0.7}`` cannot pass. A domain whose proportion is 0 is never drawn.
 
-What keeps the counts exact downstream is that the trainer reads the rows in order, in blocks of
-``batch_size`` unique prompts: see :func:`check_trl_compatible` and ``docs/data.md`` (verl).
+The plan holds ``(domain, row)`` pairs only, and this module needs nothing but the standard library: the
+mixed ``datasets.Dataset`` for TRL is :func:`trl_mgs.data.mixture_dataset` (or
+:func:`trl_mgs.data.interleave_domains`), and verl reorders its own dataset with
+:class:`verl_mgs.data.MixtureDataset`. What keeps the counts exact downstream is that the trainer reads
+the rows in order, in blocks of ``batch_size`` unique prompts: see :func:`trl_mgs.data.check_trl_compatible`
+and ``docs/data.md`` (verl).
 """
 
 from __future__ import annotations
@@ -38,17 +42,10 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import warnings
-from collections.abc import Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
-
-if TYPE_CHECKING:
-    import datasets as hf
 
 STOPPING = ("first_exhausted", "cycle")
-
-Rows = Union["hf.Dataset", Sequence[Mapping[str, Any]]]
 
 
 def _rng(seed: int, *key: object) -> random.Random:
@@ -171,89 +168,6 @@ class MixturePlan:
         for i in range(start_batch, self.num_batches):
             yield from self._batch(i, cache)
 
-    def to_dataset(
-        self, datasets: Mapping[str, Rows], *, domain_column: str = "domain", start_batch: int = 0
-    ) -> hf.Dataset:
-        """The mixed rows as one ``datasets.Dataset``, from batch ``start_batch`` on.
-
-        Each value is a ``datasets.Dataset`` or a sequence of dicts (the same keys in every row), and
-        all domains must have the same columns. ``domain_column`` is added holding the domain's name;
-        a domain that already has it must hold its own name in every row. The result is the
-        concatenation of the domains with an index mapping (``select``): no row is copied.
-        """
-        import datasets as hf
-
-        if set(datasets) != set(self.domains):
-            raise ValueError(f"datasets has domains {sorted(datasets)} but the plan has {list(self.domains)}.")
-        parts, offsets, offset = [], {}, 0
-        for domain, size in zip(self.domains, self.sizes):
-            part = datasets[domain]
-            if not isinstance(part, hf.Dataset):
-                part = _from_rows(domain, part)
-            if len(part) != size:
-                raise ValueError(f"datasets[{domain!r}] has {len(part)} rows but the plan was made for {size}.")
-            if domain_column in part.column_names:
-                found = part.unique(domain_column)
-                if found != [domain]:
-                    shown = sorted(map(repr, found))[:5]
-                    raise ValueError(
-                        f"datasets[{domain!r}] already has a {domain_column!r} column with values "
-                        f"{', '.join(shown)} instead of {domain!r}; drop the column or fix the key."
-                    )
-            else:
-                part = part.add_column(domain_column, [domain] * size)
-            parts.append(part)
-            offsets[domain], offset = offset, offset + size
-        columns = {d: sorted(p.column_names) for d, p in zip(self.domains, parts)}
-        if len({tuple(c) for c in columns.values()}) > 1:
-            raise ValueError(f"every domain must have the same columns to be mixed; got {columns}.")
-        try:
-            mixed = hf.concatenate_datasets([p.select_columns(parts[0].column_names) for p in parts])
-        except ValueError as error:
-            features = {d: dict(p.features) for d, p in zip(self.domains, parts)}
-            raise ValueError(f"the domains' column types differ, cast them to one schema: {features}") from error
-        return mixed.select([offsets[d] + i for d, i in self.rows(start_batch)])
-
-
-def _from_rows(domain: str, rows: Sequence[Mapping[str, Any]]) -> hf.Dataset:
-    import datasets as hf
-
-    rows = list(rows)
-    keys = set(rows[0]) if rows and isinstance(rows[0], Mapping) else None
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise TypeError(f"datasets[{domain!r}][{i}] is a {type(row).__name__}; rows must be dicts.")
-        if set(row) != keys:
-            raise ValueError(f"datasets[{domain!r}][{i}] has keys {sorted(row)}, row 0 has {sorted(keys)}.")
-    return hf.Dataset.from_list([dict(r) for r in rows])
-
-
-_TABLE_BUILDERS = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
-
-
-def load_table(path: str, split: str = "train") -> hf.Dataset:
-    """A local table as a ``datasets.Dataset``: a .json/.jsonl/.parquet/.csv file, or a directory written by
-    ``Dataset.save_to_disk`` (``split`` picks from a ``DatasetDict``). ``datasets.load_dataset`` takes a single
-    file only with its builder named, so this names it from the suffix."""
-    import os
-
-    import datasets as hf
-
-    if os.path.isdir(path):
-        loaded = hf.load_from_disk(path)
-        if isinstance(loaded, hf.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"split {split!r} is not in {path}; its splits are {sorted(loaded)}.")
-            loaded = loaded[split]
-        return loaded
-    if not os.path.isfile(path):
-        raise ValueError(f"no such data file or saved dataset directory: {path!r}.")
-    builder = _TABLE_BUILDERS.get(path.lower().rsplit(".", 1)[-1])
-    if builder is None:
-        raise ValueError(f"cannot tell the format of {path!r}; use a .json, .jsonl, .parquet or .csv file, "
-                         "or a directory written by Dataset.save_to_disk.")
-    return hf.load_dataset(builder, data_files=path, split="train")
-
 
 def plan_mixture(
     sizes: Mapping[str, int | Sized],
@@ -271,7 +185,7 @@ def plan_mixture(
         sizes: per domain, its number of rows, or anything with a length (its dataset).
         proportions: per domain, its fraction of each batch; the same domains as ``sizes``, summing to 1.
         batch_size: rows per batch. For TRL, the unique prompts per generation batch
-            (:func:`check_trl_compatible`); for verl, ``data.gen_batch_size`` or ``data.train_batch_size``.
+            (:func:`trl_mgs.data.check_trl_compatible`); for verl, ``data.gen_batch_size`` or ``data.train_batch_size``.
         seed: seeds every permutation (per domain and epoch) and every in-batch order (per batch).
         num_batches: how many batches; ``None`` takes the most ``"first_exhausted"`` allows, or, with
             ``"cycle"``, just enough for every row to be used once.
@@ -324,99 +238,3 @@ def plan_mixture(
         stopping=stopping,
         group_by_domain=bool(group_by_domain),
     )
-
-
-def interleave_domains(
-    datasets: Mapping[str, Rows],
-    proportions: Mapping[str, float],
-    batch_size: int,
-    *,
-    seed: int = 0,
-    num_batches: int | None = None,
-    stopping: str = "first_exhausted",
-    group_by_domain: bool = False,
-    domain_column: str = "domain",
-    start_batch: int = 0,
-) -> hf.Dataset:
-    """One ``datasets.Dataset`` mixing ``datasets`` with exact ``proportions`` in every ``batch_size`` rows.
-
-    ``plan_mixture(datasets, proportions, batch_size, ...).to_dataset(datasets, ...)``: see
-    :func:`plan_mixture` for the arguments and :meth:`MixturePlan.to_dataset` for the result.
-    """
-    plan = plan_mixture(
-        datasets,
-        proportions,
-        batch_size,
-        seed=seed,
-        num_batches=num_batches,
-        stopping=stopping,
-        group_by_domain=group_by_domain,
-    )
-    return plan.to_dataset(datasets, domain_column=domain_column, start_batch=start_batch)
-
-
-def check_trl_compatible(args: Any, batch_size: int, *, world_size: int | None = None) -> int:
-    """Check that TRL's ``GRPOTrainer`` (trl 1.16) reads a mixed dataset in blocks of ``batch_size``.
-
-    Returns the number of unique prompts per generation batch, which ``batch_size`` must equal:
-
-    ``generation_batch_size // num_generations``, where ``generation_batch_size =
-    per_device_train_batch_size · world_size · steps_per_generation`` and ``steps_per_generation``
-    defaults to ``gradient_accumulation_steps`` (``GRPOConfig.__post_init__``,
-    trl/trainer/grpo_config.py lines 1096-1112). ``_get_train_sampler`` (grpo_trainer.py lines
-    1309-1316) builds ``RepeatSampler(batch_size=generation_batch_size // num_generations,
-    mini_repeat_count=num_generations, repeat_count=num_iterations · steps_per_generation,
-    shuffle=shuffle_dataset)``: with ``shuffle_dataset=False`` it cuts the dataset, in order, into
-    chunks of that many prompts (dropping a last partial chunk) and each chunk is one generation
-    batch, split over the ranks. With ``shuffle_dataset=True`` (the default) it permutes the whole
-    dataset first, which destroys the per-batch counts.
-
-    ``args`` is a ``GRPOConfig`` or any object with its attributes. ``world_size`` defaults to
-    ``args.world_size`` (the processes the config was built in); when given, the generation batch
-    is computed for it and must agree with ``args.generation_batch_size``.
-
-    Warns when ``gradient_accumulation_steps`` is not a multiple of ``steps_per_generation``: an
-    optimizer step then sees part of a generation batch, picked by TRL's unseeded in-rank shuffle
-    (``shuffle_sequence_dict``, grpo_trainer.py line 1543), so the counts hold per generation
-    batch but not per optimizer step.
-    """
-    if getattr(args, "shuffle_dataset", True):
-        raise ValueError(
-            "shuffle_dataset=True makes GRPOTrainer's RepeatSampler permute the dataset, which breaks the "
-            "per-batch domain counts; set shuffle_dataset=False (the mixed dataset is already shuffled)."
-        )
-    num_generations = args.num_generations
-    per_device = args.per_device_train_batch_size
-    accumulation = getattr(args, "gradient_accumulation_steps", 1)
-    if world_size is None:
-        world_size = getattr(args, "world_size", 1)
-    steps = getattr(args, "steps_per_generation", None)
-    generation = getattr(args, "generation_batch_size", None)
-    if steps is None:  # a config that GRPOConfig.__post_init__ has not completed
-        steps = generation // (per_device * world_size) if generation else accumulation
-    expected = per_device * world_size * steps
-    if generation is None:
-        generation = expected
-    elif generation != expected:
-        raise ValueError(
-            f"generation_batch_size={generation} does not match world_size={world_size}: "
-            f"per_device_train_batch_size={per_device} x world_size={world_size} x steps_per_generation={steps} "
-            f"= {expected}; build the config in the training processes (or pass their world_size)."
-        )
-    if generation % num_generations:
-        raise ValueError(f"generation_batch_size={generation} is not divisible by num_generations={num_generations}.")
-    prompts = generation // num_generations
-    if batch_size != prompts:
-        raise ValueError(
-            f"batch_size={batch_size} but GRPOTrainer takes {prompts} unique prompts per generation batch "
-            f"(generation_batch_size={generation} = per_device_train_batch_size={per_device} x world_size="
-            f"{world_size} x steps_per_generation={steps}, divided by num_generations={num_generations}); "
-            f"mix with batch_size={prompts}."
-        )
-    if accumulation % steps:
-        warnings.warn(
-            f"gradient_accumulation_steps={accumulation} is not a multiple of steps_per_generation={steps}: "
-            "the domain counts hold per generation batch, not per optimizer step.",
-            stacklevel=2,
-        )
-    return prompts

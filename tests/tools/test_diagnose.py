@@ -1,4 +1,4 @@
-"""mgs-diagnose against a plain per-row, per-parameter reference on the tiny toy model."""
+"""mgs_tools.diagnose (mgs-diagnose) against a plain per-row, per-parameter reference on the tiny toy model."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from mgs import toy  # noqa: E402
-from mgs.diagnose import DiagnoseError, diagnose, main, split_halves  # noqa: E402
+from mgs_tools import toy  # noqa: E402
+from mgs_tools.diagnose import DiagnoseError, diagnose, main, split_halves  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ["copy", "reverse", "sort"]
 
 
@@ -136,13 +136,13 @@ def test_max_rows_and_seed_choose_the_halves():
     check_against_reference(data, reference(model, tok, rows, seed=5, max_rows=6))
 
 
-def test_group_at_a_time_equals_all_at_once_and_restores_the_model():
+def test_layer_sweeps_equal_all_at_once_and_restore_the_model():
     model, tok = tiny(), toy.char_tokenizer()
     model.train()
     model.model.norm.weight.requires_grad_(False)
     rows = mixed_rows(2, 2)
     once = diagnose(model, tok, rows, batch_size=4, progress=False)
-    by_unit = diagnose(model, tok, rows, batch_size=4, group_size=1, progress=False)
+    by_unit = diagnose(model, tok, rows, batch_size=4, layers_per_sweep=1, progress=False)
     assert by_unit.settings["sweeps"] == 4  # embed_tokens, 2 layers, lm_head
     torch.testing.assert_close(by_unit.gram, once.gram, rtol=1e-6, atol=1e-9)
     assert "model.norm" not in [m.name for m in once.modules]
@@ -150,6 +150,18 @@ def test_group_at_a_time_equals_all_at_once_and_restores_the_model():
     assert not model.model.norm.weight.requires_grad
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "model.norm.weight")
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_group_size_is_a_deprecated_name_of_layers_per_sweep():
+    model, tok = tiny(), toy.char_tokenizer()
+    rows = mixed_rows(2, 2)
+    new = diagnose(model, tok, rows, batch_size=4, layers_per_sweep=1, progress=False)
+    with pytest.warns(FutureWarning, match=r"group_size=\.\.\.\) is deprecated; use layers_per_sweep"):
+        old = diagnose(model, tok, rows, batch_size=4, group_size=1, progress=False)
+    assert old.settings == new.settings and old.settings["layers_per_sweep"] == 1
+    torch.testing.assert_close(old.gram, new.gram, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="pass layers_per_sweep only"):
+        diagnose(model, tok, rows, layers_per_sweep=1, group_size=1, progress=False)
 
 
 def test_granularities_share_the_global_cosine():
@@ -214,7 +226,7 @@ def test_cli_writes_json_png_and_table(tmp_path, capsys):
     assert "model.layers.1.mlp.down_proj" in printed  # --per-module
     data = json.loads((out / "diagnose.json").read_text())
     assert set(data) >= {"model", "domains", "modules", "pairs", "noise_floor", "settings"}
-    assert data["domains"] == DOMAINS and data["model"] == "mgs.toy.tiny_causal_lm"
+    assert data["domains"] == DOMAINS and data["model"] == "mgs_tools.toy.tiny_causal_lm"
     assert set(data["pairs"]) == {"copy|reverse", "copy|sort", "reverse|sort"}
     assert all(len(p["cosine"]) == len(data["modules"]) for p in data["pairs"].values())
     assert data["settings"]["weight_key"] == "advantage" and data["settings"]["batch_size"] == 3
@@ -231,10 +243,15 @@ def test_cli_toy_domains_subset_and_saved_dataset(tmp_path, capsys):
     rows = mixed_rows(2, 2)
     Dataset.from_list([r for rs in rows.values() for r in rs]).save_to_disk(str(tmp_path / "ds"))
     main(["--data", str(tmp_path / "ds"), "--domains", "sort,copy", "--output-dir", str(tmp_path / "a"),
-          "--device", "cpu", "--no-progress", "--no-plot", "--group-size", "2"])
+          "--device", "cpu", "--no-progress", "--no-plot", "--layers-per-sweep", "2"])
     data = json.loads((tmp_path / "a" / "diagnose.json").read_text())
     assert data["domains"] == ["sort", "copy"] and list(data["pairs"]) == ["sort|copy"]
     assert not (tmp_path / "a" / "diagnose.png").exists()
+    assert data["settings"]["layers_per_sweep"] == 2 and data["settings"]["sweeps"] == 3  # 5 units, 2 a sweep
+    with pytest.warns(FutureWarning, match="--group-size is deprecated; use --layers-per-sweep"):
+        main(["--data", str(tmp_path / "ds"), "--domains", "sort,copy", "--output-dir", str(tmp_path / "old"),
+              "--device", "cpu", "--no-progress", "--no-plot", "--group-size", "2"])  # the deprecated alias
+    assert json.loads((tmp_path / "old" / "diagnose.json").read_text()) == data
     main(["--max-rows", "4", "--domains", "copy,reverse", "--output-dir", str(tmp_path / "b"),
           "--device", "cpu", "--no-progress", "--no-plot"])  # no --data: the toy domains
     data = json.loads((tmp_path / "b" / "diagnose.json").read_text())
@@ -294,12 +311,13 @@ def test_api_errors(tmp_path):
 
 
 def test_module_entry_point_and_import_hygiene():
-    """``python -m mgs.diagnose`` runs, and importing it (so ``mgs`` too) loads neither transformers nor datasets
+    """``python -m mgs_tools.diagnose`` runs, and importing it (so ``mgs`` too) loads neither transformers nor datasets
     nor matplotlib: ``-X importtime`` lists every module the process imported."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "mgs.diagnose", "--help"], check=True, cwd=ROOT,
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "mgs_tools.diagnose", "--help"], check=True, cwd=ROOT,
                          env=env, capture_output=True, text=True)
-    assert "usage: mgs-diagnose" in run.stdout and "--group-size" in run.stdout
+    assert "usage: mgs-diagnose" in run.stdout and "--layers-per-sweep" in run.stdout
+    assert "--group-size" not in run.stdout  # the deprecated alias works but is not listed
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
                 if line.startswith("import time:")}
     assert {"mgs", "torch"} <= imported

@@ -1,16 +1,26 @@
 """One verl reward function for the multi-domain recipes: math by math-verify, instruction following by
 verifiable checks, chat by a reward model served by verl's reward loop.
 
-In a recipe::
+Recipe code, not part of ``verl_mgs``: surgery needs no reward of its own, and verl takes any reward function
+as a file. In a recipe (``mgs_common.yaml``)::
 
     reward:
-      custom_reward_function: {path: pkg://verl_mgs.rewards, name: compute_score}
+      custom_reward_function: {path: recipes/verl/rewards.py, name: compute_score}
+
+verl 0.9.1 loads the file by its path (``verl.utils.import_utils.load_module``: a path that is not
+``pkg://`` is opened as given, so a relative one is relative to the current directory of the Ray worker
+that builds the reward loop). With the local Ray cluster that ``python -m verl.trainer.main_ppo`` starts
+from the repository root, as ``recipes/verl/README.md`` runs it, that is the repository root. From another
+directory, or on a cluster started with ``ray start``, pass an absolute path that exists on every node:
+``reward.custom_reward_function.path=$PWD/recipes/verl/rewards.py``.
 
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info, ...)`` once per response
-(verl/experimental/reward_loop/reward_manager/naive.py). The domain is ``extra_info["domain"]`` when the
-row has one (recipes/verl/prepare_data.py writes it), else ``data_source``. verl's validation metrics
-already split by ``data_source``; training rewards per domain come from the actor as
-``actor/mgs/reward/{domain}`` (docs/verl.md).
+(verl/experimental/reward_loop/reward_manager/naive.py). The row's domain is read as the MGS engine reads
+it, through ``mgs.integration.DomainIndex`` on ``domain_key`` (a ``reward_kwargs`` entry; the recipes set
+it to the actor's ``fsdp_config.domain_key``, ``data_source`` by default, or ``extra_info.domain``), so the
+reward and the surgery cannot disagree about a row. verl's validation metrics already split by
+``data_source``; training rewards per domain come from the actor as ``actor/mgs/reward/{domain}/mean``
+(docs/metrics.md).
 
 - ``math``: ``verl.utils.reward_score.math_verify.compute_score`` (math-verify) against ``ground_truth``.
 - ``ifeval``: the fraction of the row's instructions satisfied (``extra_info["instruction_id_list"]``
@@ -26,6 +36,8 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+
+from mgs.integration import DomainIndex
 
 DOMAINS = ("math", "ifeval", "chat")
 
@@ -127,16 +139,19 @@ def chat_score(response: str, extra_info: dict, reward_router_address: str | Non
 
 
 # ----------------------------------------------------------------------------- verl's entry point
-def domain_of(data_source: str, extra_info: dict | None) -> str:
-    return str((extra_info or {}).get("domain") or data_source)
+def domain_of(data_source: str, extra_info: dict | None, domain_key: str = "data_source") -> str:
+    """The row's domain, read as the MGS engine reads it (``mgs.integration.DomainIndex`` on ``domain_key``)."""
+    index = DomainIndex(domain_key, key_setting="reward.custom_reward_function.reward_kwargs.domain_key")
+    return index.of_row({"data_source": data_source, "extra_info": extra_info or {}})
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                   reward_router_address: str | None = None, reward_model_tokenizer=None,
-                  reward_model_name: str | None = None, **_) -> float:
-    """verl's custom reward function: the reward of one response."""
+                  reward_model_name: str | None = None, domain_key: str = "data_source", **_) -> float:
+    """verl's custom reward function: the reward of one response. ``domain_key`` (``reward_kwargs`` in the
+    recipes, set to the actor's ``fsdp_config.domain_key``) names the row's domain as the engine reads it."""
     extra_info = extra_info or {}
-    domain = domain_of(data_source, extra_info)
+    domain = domain_of(data_source, extra_info, domain_key)
     if domain == "math":
         from verl.utils.reward_score.math_verify import compute_score as math_verify_score
 
@@ -147,6 +162,6 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     elif domain == "chat":
         score = chat_score(solution_str, extra_info, reward_router_address, reward_model_tokenizer, reward_model_name)
     else:
-        raise ValueError(f"no reward for domain {domain!r} (data_source {data_source!r}); verl_mgs.rewards scores "
-                         f"{list(DOMAINS)}: set extra_info['domain'] or data_source to one of them.")
+        raise ValueError(f"no reward for domain {domain!r} (data_source {data_source!r}); recipes/verl/rewards.py "
+                         f"scores {list(DOMAINS)}: set extra_info['domain'] or data_source to one of them.")
     return score
