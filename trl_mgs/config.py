@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from mgs import SurgeryOptions
-from mgs.integration import SETTINGS, DomainIndex, setting_field, surgery_options
+from mgs.integration import SETTINGS, DomainIndex, SurgerySettings, surgery_options
 from trl_mgs import _upstream
 
 _upstream.check()  # at import: a TRL or transformers this adapter was not written for is an error, not a surprise
@@ -23,15 +23,7 @@ def _settings_doc() -> str:
 
 
 @dataclass
-class MGSGRPOConfig(GRPOConfig):
-    surgery: str = setting_field("surgery")
-    surgery_granularity: str = setting_field("surgery_granularity")
-    surgery_method: str = setting_field("surgery_method")
-    surgery_balance: str = setting_field("surgery_balance")
-    surgery_gram_ema: float = setting_field("surgery_gram_ema")
-    surgery_on_nonfinite: str = setting_field("surgery_on_nonfinite")
-    surgery_seed: int | None = setting_field("surgery_seed")
-    domains: list[str] | None = setting_field("domains")
+class MGSGRPOConfig(GRPOConfig, SurgerySettings):
     domain_column: str = field(
         default="domain",
         metadata={"help": "Dataset column holding each prompt's domain name, or a dotted path into a dict column "

@@ -15,12 +15,10 @@ read; docs/verl_design.md, section 5).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
 from verl.workers.config import FSDPEngineConfig
 
 from mgs import SurgeryOptions
-from mgs.integration import SETTINGS, DomainIndex, setting_field, surgery_options
+from mgs.integration import SETTINGS, DomainIndex, SurgerySettings, surgery_options
 from verl_mgs import _registry, _upstream
 
 _upstream.check()
@@ -29,15 +27,7 @@ _TYPES = {"surgery_gram_ema": "float", "surgery_seed": "int | None", "domains": 
 
 
 @dataclass
-class MGSFSDPEngineConfig(FSDPEngineConfig):
-    surgery: str = setting_field("surgery")
-    surgery_granularity: str = setting_field("surgery_granularity")
-    surgery_method: str = setting_field("surgery_method")
-    surgery_balance: str = setting_field("surgery_balance")
-    surgery_gram_ema: float = setting_field("surgery_gram_ema")
-    surgery_on_nonfinite: str = setting_field("surgery_on_nonfinite")
-    surgery_seed: Optional[int] = setting_field("surgery_seed")
-    domains: Optional[list[str]] = setting_field("domains")
+class MGSFSDPEngineConfig(FSDPEngineConfig, SurgerySettings):
     domain_key: str = field(
         default="data_source",
         metadata={"help": "The non-tensor batch field naming each sample's domain; a dotted path reads a key of a "

@@ -1,12 +1,12 @@
 """One declaration of every surgery setting, shared by every adapter's config.
 
 Each :class:`Setting` names the adapter's config field, the :class:`mgs.SurgeryOptions` field it
-feeds, its default and its help text. An adapter declares its fields with :func:`setting_field`
-(a ``dataclasses.field`` carrying the default and ``metadata={"help", "choices"}``, which TRL's
-``HfArgumentParser`` turns into command-line options) and builds the options with
-:func:`surgery_options`, so names, defaults, help and validation are the same in TRL and verl.
-``tests/integration`` checks that every ``SurgeryOptions`` field has a setting and that every adapter
-config declares every setting.
+feeds, its default and its help text. :class:`SurgerySettings` declares them all as dataclass fields
+(:func:`setting_field`: the default and ``metadata={"help", "choices"}``, which TRL's
+``HfArgumentParser`` turns into command-line options); an adapter's config dataclass inherits it and
+builds the options with :func:`surgery_options`, so names, defaults, help and validation are the same
+in TRL and verl. ``tests/unit/integration/test_settings.py`` checks that every ``SurgeryOptions`` field
+has a setting and that every adapter config declares every setting.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs.methods import METHOD_NAMES
@@ -83,6 +83,21 @@ def setting_field(name: str) -> Any:
     if setting.choices is not None:
         metadata["choices"] = list(setting.choices)
     return dataclasses.field(default=setting.default, metadata=metadata)
+
+
+@dataclass
+class SurgerySettings:
+    """The fields of :data:`SETTINGS`, for an adapter's config dataclass to inherit
+    (``class MGSGRPOConfig(GRPOConfig, SurgerySettings)``)."""
+
+    surgery: str = setting_field("surgery")
+    surgery_granularity: str = setting_field("surgery_granularity")
+    surgery_method: str = setting_field("surgery_method")
+    surgery_balance: str = setting_field("surgery_balance")
+    surgery_gram_ema: float = setting_field("surgery_gram_ema")
+    surgery_on_nonfinite: str = setting_field("surgery_on_nonfinite")
+    surgery_seed: Optional[int] = setting_field("surgery_seed")
+    domains: Optional[list[str]] = setting_field("domains")
 
 
 def surgery_options(config: Any, *, framework_seed: int, domains: Sequence[str] | None = None) -> SurgeryOptions:

@@ -75,3 +75,28 @@ def test_the_adapters_seams_match_the_installed_packages():
     from verl_mgs import _upstream as verl_seams
 
     verl_seams.check()
+
+
+def test_trl_adapter_guard_names_a_changed_trl_method(monkeypatch):
+    pytest.importorskip("trl")
+    import trl
+
+    from trl_mgs import _upstream as trl_seams
+
+    def changed(self, generation_batch, extra):
+        return generation_batch
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_prepare_inputs", changed)  # what a trl release could do
+    with pytest.raises(UpstreamMismatchError, match=r"trl_mgs overrides trl:GRPOTrainer._prepare_inputs \(trl 1\.16\.0 "
+                                                    r"is installed; supported: trl>=1\.16\.0,<1\.17\).*'extra'"):
+        trl_seams.check()
+
+
+def test_trl_adapter_guard_refuses_another_trl_version(monkeypatch):
+    pytest.importorskip("trl")
+    from trl_mgs import _upstream as trl_seams
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.17.0" if name == "trl" else real(name))
+    with pytest.raises(UpstreamMismatchError, match=r"trl_mgs supports trl>=1\.16\.0,<1\.17; trl 1\.17\.0 is installed"):
+        trl_seams.check()
