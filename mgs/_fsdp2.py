@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgs.integration.upstream import UpstreamMismatchError
+from mgs._errors import UpstreamMismatchError
 
 FSDP2_MEMBERS = (
     "FSDPModule._get_fsdp_state()",

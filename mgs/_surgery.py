@@ -34,10 +34,12 @@ def _renamed_process_groups(renamed: dict, dp: object | None, shard: object | No
         warnings.warn(f"GradientSurgery({old}=...) is renamed {new}=... (in mgs 'group' means a parameter group); "
                       f"{old} will be removed in 0.3.", FutureWarning, stacklevel=3)
         value = renamed.pop(old)
+        if (dp if new == "dp_process_group" else shard) is not None:
+            raise TypeError(f"GradientSurgery got both {old}= and {new}=; pass {new}= only.")
         if new == "dp_process_group":
-            dp = value if dp is None else dp
+            dp = value
         else:
-            shard = value if shard is None else shard
+            shard = value
     if renamed:
         raise TypeError(f"GradientSurgery got unexpected keyword arguments {sorted(renamed)}.")
     return dp, shard
@@ -366,13 +368,14 @@ class GradientSurgery:
             raise ValueError(f"checkpoint domains {domains!r} differ from the configured domains {self._domains!r}.")
         if self._buffers.is_open:
             raise RuntimeError("load_state_dict() called with gradients captured; call it before the first backward.")
+        if self._ema is not None and "gram_ema" not in state:
+            raise ValueError("the checkpoint has no Gram EMA state but gram_ema > 0 is configured; resume with the "
+                             "settings it was saved with, or start a new run.")
+        # every check above runs before anything is assigned: a refused state leaves the surgery as it was
         self._domains = domains
         self._agreed = len(domains) if self._discover and is_distributed() else self._agreed
         self._step = int(state["step"])
         if self._ema is not None:
-            if "gram_ema" not in state:
-                raise ValueError("the checkpoint has no Gram EMA state but gram_ema > 0 is configured; resume with the "
-                                 "settings it was saved with, or start a new run.")
             self._ema.load_state_dict(state["gram_ema"], self._device)
         if stateful:
             self._method.load_state_dict(state["method"])

@@ -83,3 +83,18 @@ def test_the_scan_catches_a_new_module_that_imports_transformers(tmp_path):
         "mgs/methods/_lazy.py:4 imports peft",
         "mgs/methods/_up.py:1 imports trl_mgs",
     ]
+
+
+def test_the_core_does_not_import_the_integration_layer():
+    """mgs.integration sits above the core (the adapters use it): no core file imports it, and ``import mgs`` loads
+    none of it."""
+    code = "import json, sys; import mgs; print(json.dumps(sorted(sys.modules)))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert not [m for m in json.loads(run.stdout) if m.startswith("mgs.integration")]
+    core = [p for p in (ROOT / "mgs").rglob("*.py") if "integration" not in p.relative_to(ROOT / "mgs").parts]
+    for path in core:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
+                  [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in modules if m.startswith("mgs.integration")], path

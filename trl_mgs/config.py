@@ -7,19 +7,12 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from mgs import SurgeryOptions
-from mgs.integration import SETTINGS, DomainIndex, SurgerySettings, surgery_options
+from mgs.integration import DomainIndex, SurgerySettings, settings_doc, surgery_options
 from trl_mgs import _upstream
 
 _upstream.check()  # at import: a TRL or transformers this adapter was not written for is an error, not a surprise
 
-_TYPES = {"surgery_gram_ema": "float", "surgery_seed": "int or None", "domains": "list[str] or None"}
-
-
-def _settings_doc() -> str:
-    return "\n".join(
-        f"    {s.name} (`{_TYPES.get(s.name, 'str')}`, *optional*, defaults to `{s.default!r}`):\n        {s.help}"
-        for s in SETTINGS
-    )
+_DOC_ENTRY = "    {name} (`{type}`, *optional*, defaults to `{default}`):\n        {help}"  # TRL's docstring style
 
 
 @dataclass
@@ -57,7 +50,7 @@ MGSGRPOConfig.__doc__ = f"""
     > Parameters that control modular gradient surgery (the same settings, words and defaults as verl's
     > `MGSFSDPEngineConfig`: `mgs.integration.SETTINGS`)
 
-{_settings_doc()}
+{settings_doc(_DOC_ENTRY)}
     domain_column (`str`, *optional*, defaults to `"domain"`):
         Dataset column holding each prompt's domain name, or a dotted path into a dict column (`"extra_info.domain"`).
     order_by_domain (`bool`, *optional*, defaults to `True`):

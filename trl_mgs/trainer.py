@@ -73,7 +73,7 @@ def _regroup_by_domain(batches: list[dict]) -> list[dict]:
             merged[key] = value[order.to(value.device)]
         elif isinstance(value, list):
             merged[key] = [value[i] for i in order.tolist()]
-    return split_tensor_dict(merged, len(batches))
+    return split_tensor_dict(tensor_dict=merged, num_chunks=len(batches))
 
 
 def _scatter_rows(parts: list[torch.Tensor | None], rows: list[torch.Tensor], n: int) -> torch.Tensor | None:
@@ -164,8 +164,8 @@ class MGSGRPOTrainer(GRPOTrainer):
         weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
         rewards = (self._rewards_per_func * weights).nansum(dim=1)  # the scalar reward GRPO uses
         k, domains = len(self.surgery.domains), self.surgery.domains
-        summary = {**domain_summary(domain_moments(rewards, ids, k), domains, "reward_mean", "reward_std"),
-                   **domain_summary(domain_moments(lengths, ids, k), domains, "completion_length")}
+        moments = torch.stack([domain_moments(rewards, ids, k), domain_moments(lengths, ids, k)])
+        summary = domain_summary(moments, domains, [("reward_mean", "reward_std"), ("completion_length", None)])
         metrics = self._metrics["train"]
         for key, value in summary.items():
             metrics[key].append(value)

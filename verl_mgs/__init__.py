@@ -5,8 +5,9 @@ process) does two things, neither of which can fail a verl run that does not use
 
 - makes verl 0.9.1 usable with trl >= 1.0 installed alongside (:func:`verl_mgs._compat.patch_verl_for_trl`
   replaces one function, ``is_trl_available``, in ``verl.models.transformers.monkey_patch`` only);
-- registers the surgery engine for verl's fsdp/fsdp2 keys (:mod:`verl_mgs._registry`). With a plain
-  ``FSDPEngineConfig`` verl still builds its own engine class (``MGSFSDPEngine.__new__``).
+- registers the surgery engine for verl's fsdp/fsdp2 key of this process's platform
+  (:mod:`verl_mgs._registry`); a failure is recorded, not raised. With a plain ``FSDPEngineConfig`` verl
+  still builds its own engine class (``MGSFSDPEngine.__new__``).
 
 Without verl installed it does nothing.
 """

@@ -1,9 +1,9 @@
 """Every private member of verl that ``verl_mgs`` overrides, calls or reads, checked before it is used.
 
-:func:`check` runs when ``verl_mgs.engine``, ``verl_mgs.config`` or ``verl_mgs.data`` is imported
-(so when MGS is used); the package itself only records a mismatch at ``import verl`` time (the plugin
-entry point), so that a verl run that does not use MGS is never failed by it (see
-``verl_mgs._registry``).
+:func:`check` runs when ``verl_mgs.engine``, ``verl_mgs.config`` or ``verl_mgs.data`` is imported. At
+``import verl`` (the plugin entry point imports the package, which registers the engine) a mismatch is
+recorded, not raised, so that a verl run that does not use MGS is never failed by it; building an MGS
+config raises it (see ``verl_mgs._registry``).
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from verl.workers.config import FSDPEngineConfig
 
 from mgs import SurgeryOptions
-from mgs.integration import SETTINGS, DomainIndex, SurgerySettings, surgery_options
+from mgs.integration import DomainIndex, SurgerySettings, settings_doc, surgery_options
 from verl_mgs import _registry, _upstream
 
 _upstream.check()
 
-_TYPES = {"surgery_gram_ema": "float", "surgery_seed": "int | None", "domains": "list[str] | None"}
+
+_DOC_ENTRY = "        {name} ({type}): {help} Default ``{default}``."  # verl's docstring style
 
 
 @dataclass
@@ -52,18 +53,13 @@ class MGSFSDPEngineConfig(FSDPEngineConfig, SurgerySettings):
                            domains_setting="actor_rollout_ref.actor.fsdp_config.domains")
 
 
-def _settings_doc() -> str:
-    return "\n".join(f"        {s.name} ({_TYPES.get(s.name, 'str')}): {s.help} Default ``{s.default!r}``."
-                     for s in SETTINGS)
-
-
 MGSFSDPEngineConfig.__doc__ = f"""verl's ``FSDPEngineConfig`` with the modular gradient surgery settings.
 
     > Parameters that control the surgery (the same settings, words and defaults as TRL's ``MGSGRPOConfig``:
     > ``mgs.integration.SETTINGS``)
 
     Args:
-{_settings_doc()}
+{settings_doc(_DOC_ENTRY)}
         domain_key (str): the non-tensor batch field naming each sample's domain; a dotted path reads a key of a
             per-sample dict (``"extra_info.domain"``). Default ``"data_source"``.
     """

@@ -39,7 +39,6 @@ import torch.distributed as dist
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
 from verl.utils.metric import AggregationType, Metric
-from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
 
@@ -151,7 +150,9 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
     def _mgs_domains(self, labels: list[str]) -> list[str]:
         """The step's domain list, the same on every rank: the configured one (checked against ``labels``), or
         the domains seen so far on any rank, agreed once per step (one all_gather_object over the DP group)."""
-        self._domain_index.check(labels)
+        if self._domain_index.domains is not None:
+            self._domain_index.check(labels)
+            return list(self._domain_index.domains)
         return list(self._surgery.agree_domains(sorted(set(labels)), process_group=self.get_data_parallel_group()))
 
     def _mgs_micro_batches(self, data, rows: list[int]) -> list:
@@ -225,15 +226,16 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         (the v1 trainer sends the loss fields only)."""
         if "token_level_scores" not in data.keys():
             return {}
-        ids = torch.tensor([domains.index(d) for d in labels], dtype=torch.long)
-        quantities = [_row_sums(data["token_level_scores"])]
+        device = get_device_id()
+        ids = torch.tensor([domains.index(d) for d in labels], dtype=torch.long).to(device)
+        values = [_row_sums(data["token_level_scores"])]
+        names = [("reward_mean", "reward_std")]
         if "response_mask" in data.keys():
-            quantities.append(_row_sums(data["response_mask"]))
-        moments = torch.stack([domain_moments(q, ids, len(domains)) for q in quantities]).to(get_device_id())
+            values.append(_row_sums(data["response_mask"]))
+            names.append(("completion_length", None))
+        moments = torch.stack([domain_moments(v.to(device), ids, len(domains)) for v in values])
         dist.all_reduce(moments, op=dist.ReduceOp.SUM, group=self.get_data_parallel_group())
-        summary = domain_summary(moments[0], domains, "reward_mean", "reward_std")
-        if len(quantities) > 1:
-            summary.update(domain_summary(moments[1], domains, "completion_length"))
+        summary = domain_summary(moments, domains, names)
         return {k: Metric(AggregationType.MEAN, v) for k, v in summary.items() if not math.isnan(v)}
 
     # ------------------------------------------------------------------ checkpointing
@@ -250,14 +252,14 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
                                 **kwargs)
         if state is not None:
             self._mgs_surgery().load_state_dict(state["surgery"])
-            self._mgs_step = int(state["engine_step"])
+            self._mgs_step = int(state.get("engine_step", state["surgery"]["step"]))  # the same count
 
 
 def _row_sums(values) -> torch.Tensor:
     """``[rows]`` float64: each row's sum of ``values`` (a padded ``[rows, length]`` tensor or a jagged nested one)."""
     if getattr(values, "is_nested", False):
-        return torch.stack([row.sum() for row in values.unbind()]).detach().double().cpu()
-    return values.sum(-1).detach().double().cpu()
+        return torch.stack([row.sum() for row in values.unbind()]).detach().double()
+    return values.sum(-1).detach().double()
 
 
 __all__ = ["MGSFSDPEngine", "domain_labels"]

@@ -17,7 +17,7 @@ A third framework adapter uses these five and adds only the translation of its b
 
 from mgs.integration.domains import DomainIndex
 from mgs.integration.metrics import DOMAIN_METRICS, domain_metric, domain_moments, domain_summary, scalar_metrics
-from mgs.integration.settings import SETTINGS, Setting, SurgerySettings, setting_field, surgery_options
+from mgs.integration.settings import SETTINGS, Setting, SurgerySettings, setting_field, settings_doc, surgery_options
 from mgs.integration.state import STATE_FILE, load_surgery_state, save_surgery_state
 from mgs.integration.upstream import Seam, UpstreamMismatchError, check_instance, check_upstream
 
@@ -39,5 +39,6 @@ __all__ = [
     "save_surgery_state",
     "scalar_metrics",
     "setting_field",
+    "settings_doc",
     "surgery_options",
 ]

@@ -54,18 +54,27 @@ def domain_moments(values: torch.Tensor, ids: torch.Tensor, num_domains: int) ->
     return moments
 
 
-def domain_summary(moments: torch.Tensor, domains: list[str] | tuple[str, ...], mean: str,
-                   std: str | None = None) -> dict[str, float]:
-    """Per-domain mean (and sample standard deviation) from :func:`domain_moments`, as logged keys
-    ``domain_metric(mean, d)`` (``domain_metric(std, d)``) → float, with one device-to-host copy. NaN where a
-    domain has no row (no second row, for the standard deviation)."""
-    count, total, squares = moments.cpu().unbind(0)
+def domain_summary(moments: torch.Tensor, domains: list[str] | tuple[str, ...],
+                   quantities: list[tuple[str, str | None]]) -> dict[str, float]:
+    """Per-domain means (and sample standard deviations) of several quantities, with one device-to-host copy.
+
+    Args:
+        moments: ``[Q, 3, K]``, one :func:`domain_moments` per quantity.
+        domains: the K domain names.
+        quantities: per quantity, the :data:`DOMAIN_METRICS` name of its mean and of its standard deviation
+            (``None``: not logged).
+
+    Returns:
+        logged key → value; NaN where a domain has no row (no second row, for a standard deviation).
+    """
+    count, total, squares = moments.detach().to("cpu", torch.float64).unbind(1)  # each [Q, K]
     average = total / count  # 0/0 = NaN: the domain is absent
     variance = ((squares - count * average * average) / (count - 1)).clamp(min=0)
     deviation = torch.where(count > 1, variance.sqrt(), torch.nan)
     out = {}
-    for i, name in enumerate(domains):
-        out[domain_metric(mean, name)] = float(average[i])
-        if std is not None:
-            out[domain_metric(std, name)] = float(deviation[i])
+    for q, (mean, std) in enumerate(quantities):
+        for i, name in enumerate(domains):
+            out[domain_metric(mean, name)] = float(average[q, i])
+            if std is not None:
+                out[domain_metric(std, name)] = float(deviation[q, i])
     return out

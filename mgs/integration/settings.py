@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
-from mgs.methods import METHOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,7 @@ class Setting:
         default: the default value (``None`` for ``seed``: the framework's own seed).
         help: the help text, the same in every adapter.
         choices: the allowed values, for command-line parsers; ``None`` when any value of the type goes.
+        type: the value's type as docstrings show it.
     """
 
     name: str
@@ -37,6 +37,7 @@ class Setting:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    type: str = "str"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -50,30 +51,37 @@ SETTINGS: tuple[Setting, ...] = (
             "each decoder layer) or 'layer' (each decoder layer).",
             GRANULARITIES),
     Setting("surgery_method", "method", "pcgrad",
-            "The method applied per module: 'pcgrad', or a TorchJD weighting ('upgrad', 'mgda', 'dualproj', "
-            "'aligned_mtl', 'imtl_g', 'gradvac', 'cagrad'; the torchjd extra). Ignored by surgery='none'.",
-            METHOD_NAMES),
+            "The method applied per module: 'pcgrad', a TorchJD weighting ('upgrad', 'mgda', 'dualproj', "
+            "'aligned_mtl', 'imtl_g', 'gradvac', 'cagrad'; the torchjd extra) or any name registered with "
+            "mgs.register_method. Ignored by surgery='none'."),  # no fixed choices: methods registered later count
     Setting("surgery_balance", "balance", "none",
             "'norm' rescales each domain's gradient to the mean norm of the domains before the method (per module "
             "for 'modular', over the whole model otherwise); with surgery='none' it is the equal-norm baseline.",
             BALANCES),
     Setting("surgery_gram_ema", "gram_ema", 0.0,
             "Decay in [0, 1) of a moving average of each module's Gram matrix from which the method decides (a "
-            "variant, not the paper's method; 0 decides from the current step only). Saved in checkpoints."),
+            "variant, not the paper's method; 0 decides from the current step only). Saved in checkpoints.",
+            type="float"),
     Setting("surgery_on_nonfinite", "on_nonfinite", "propagate",
             "'propagate' gives modules with inf/NaN gradients the plain sum, so the framework's own handling "
             "(gradient scaler, NaN checks) sees them; 'raise' raises FloatingPointError (one host sync per step).",
             ON_NONFINITE),
     Setting("surgery_seed", "seed", None,
             "Seeds the method's random choices (PCGrad's projection orders) together with the step; None uses the "
-            "framework's own seed."),
+            "framework's own seed.", type="int or None"),
     Setting("domains", "domains", None,
             "The ordered domain names, fixed for the run; None reads them from the data (TRL: the sorted distinct "
-            "values of the training set; verl: agreed across ranks as they appear)."),
+            "values of the training set; verl: agreed across ranks as they appear).", type="list[str] or None"),
 )
 """Every surgery setting, in the order adapters document them."""
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def settings_doc(template: str) -> str:
+    """Every setting's docstring entry, one ``template.format(name=, type=, default=, help=)`` each (``default`` is
+    the ``repr``), so that each adapter documents the settings in its framework's style with the same words."""
+    return "\n".join(template.format(name=s.name, type=s.type, default=repr(s.default), help=s.help) for s in SETTINGS)
 
 
 def setting_field(name: str) -> Any:

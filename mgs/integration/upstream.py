@@ -19,9 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-class UpstreamMismatchError(ImportError):
-    """The installed upstream package is not the one an adapter was written for."""
+from mgs._errors import UpstreamMismatchError
 
 
 @dataclass(frozen=True)

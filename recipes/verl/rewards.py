@@ -17,8 +17,9 @@ directory, or on a cluster started with ``ray start``, pass an absolute path tha
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info, ...)`` once per response
 (verl/experimental/reward_loop/reward_manager/naive.py). The row's domain is read as the MGS engine reads
 it, through ``mgs.integration.DomainIndex`` on ``domain_key`` (a ``reward_kwargs`` entry; the recipes set
-it to the actor's ``fsdp_config.domain_key``, ``data_source`` by default, or ``extra_info.domain``), so the
-reward and the surgery cannot disagree about a row. verl's validation metrics already split by
+it to the actor's ``fsdp_config.domain_key``), so the reward and the surgery cannot disagree about a row.
+verl passes the reward function ``data_source`` and ``extra_info`` only, so the key is ``data_source`` (the
+default) or a path into ``extra_info`` (``extra_info.domain``); another key is an error naming them. verl's validation metrics already split by
 ``data_source``; training rewards per domain come from the actor as ``actor/mgs/reward/{domain}/mean``
 (docs/metrics.md).
 

@@ -422,6 +422,16 @@ def test_process_group_arguments_renamed_with_a_warning():
         mgs.GradientSurgery(model, domains=["a"], shard_group=None)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['dp_grup'\]"):
         mgs.GradientSurgery(model, domains=["a"], dp_grup=None)
+    with pytest.raises(TypeError, match="got both dp_group= and dp_process_group="), pytest.warns(FutureWarning):
+        mgs.GradientSurgery(model, domains=["a"], dp_group=object(), dp_process_group=object())
+
+
+def test_a_refused_state_leaves_the_surgery_as_it_was():
+    model = torch.nn.Linear(3, 2)
+    surgery = mgs.GradientSurgery(model, domains=None, gram_ema=0.5)
+    with pytest.raises(ValueError, match="no Gram EMA state"):
+        surgery.load_state_dict({"step": 7, "seed": 0, "domains": ["a", "b"]})
+    assert surgery.step == 0 and surgery.domains == ()
 
 
 def test_an_unknown_fsdp2_layout_is_a_named_error():

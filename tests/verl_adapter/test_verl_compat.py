@@ -118,6 +118,15 @@ try:
     out["error"] = None
 except RuntimeError as error:
     out["error"] = str(error)
+
+# and one that registers after verl_mgs, for another vendor: verl_mgs took only this process's key
+class AmdPluginEngine(FSDPEngineWithLMHead):
+    pass
+
+
+EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device="cuda", vendor="amd")(
+    AmdPluginEngine)
+out["amd"] = EngineRegistry._engines["language_model"]["fsdp2"][("cuda", "amd")].__name__
 print(json.dumps(out))
 """
 
@@ -202,3 +211,4 @@ def test_another_plugins_engine_does_not_fail_verl_but_an_mgs_config_refuses_it(
     out = result(checks["conflict"])
     assert out["engine"] == "OtherPluginEngine"  # verl without MGS: untouched, no error at import
     assert "could not register its surgery engine" in out["error"] and "OtherPluginEngine" in out["error"]
+    assert out["amd"] == "AmdPluginEngine"  # a plugin registering after verl_mgs for another key is unaffected

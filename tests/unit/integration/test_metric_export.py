@@ -23,7 +23,7 @@ def test_scalar_metrics_copies_once(monkeypatch):
 def test_domain_summary_equals_per_domain_torch_stats():
     values = torch.tensor([0.1, 0.7, 0.3, 0.9, 0.2])
     ids = torch.tensor([0, 1, 0, 1, 0])
-    out = domain_summary(domain_moments(values, ids, 3), ["a", "b", "c"], "reward_mean", "reward_std")
+    out = domain_summary(domain_moments(values, ids, 3).unsqueeze(0), ["a", "b", "c"], [("reward_mean", "reward_std")])
     for d, name in enumerate("ab"):
         rows = values[ids == d]
         assert math.isclose(out[domain_metric("reward_mean", name)], float(rows.mean()), rel_tol=1e-6)
@@ -31,5 +31,8 @@ def test_domain_summary_equals_per_domain_torch_stats():
     assert math.isnan(out["mgs/reward/c/mean"]) and math.isnan(out["mgs/reward/c/std"])
     split = domain_moments(values[:2], ids[:2], 3) + domain_moments(values[2:], ids[2:], 3)  # two ranks' moments
     assert torch.allclose(split, domain_moments(values, ids, 3))
-    one = domain_summary(domain_moments(torch.tensor([2.0]), torch.tensor([0]), 1), ["a"], "loss", "reward_std")
-    assert one["mgs/loss/a"] == 2.0 and math.isnan(one["mgs/reward/a/std"])
+    two = torch.stack([domain_moments(torch.tensor([2.0]), torch.tensor([0]), 1),
+                       domain_moments(torch.tensor([3.0, 5.0]), torch.tensor([0, 0]), 1)])
+    both = domain_summary(two, ["a"], [("loss", "reward_std"), ("completion_length", None)])
+    assert both == {"mgs/loss/a": 2.0, "mgs/reward/a/std": both["mgs/reward/a/std"], "mgs/completion_length/a": 4.0}
+    assert math.isnan(both["mgs/reward/a/std"])  # one row: no deviation

@@ -70,3 +70,23 @@ def test_setting_field_carries_help_and_choices():
     with pytest.raises(ValueError, match="surgery='modualr'"):
         surgery_options(SimpleNamespace(**({s.name: s.default for s in SETTINGS} | {"surgery": "modualr"})),
                         framework_seed=0)
+
+
+def test_a_registered_method_is_selectable_from_the_trl_command_line():
+    pytest.importorskip("trl")
+    from transformers import HfArgumentParser
+
+    from trl_mgs import MGSGRPOConfig
+
+    mgs.register_method("plain_sum_for_test", lambda: (lambda gram, generator: gram.new_ones(gram.shape[:2])))
+    try:
+        (args,) = HfArgumentParser(MGSGRPOConfig).parse_args_into_dataclasses(
+            ["--output_dir", "/tmp/unused", "--use_cpu", "true", "--report_to", "none",
+             "--surgery_method", "plain_sum_for_test"])
+        assert args.surgery_options().method == "plain_sum_for_test"
+    finally:
+        mgs.methods.unregister_method("plain_sum_for_test")
+    with pytest.raises(ValueError, match="method='plain_sum_for_test' is not supported"):
+        HfArgumentParser(MGSGRPOConfig).parse_args_into_dataclasses(
+            ["--output_dir", "/tmp/unused", "--use_cpu", "true", "--report_to", "none",
+             "--surgery_method", "plain_sum_for_test"])

@@ -100,3 +100,25 @@ def test_trl_adapter_guard_refuses_another_trl_version(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.17.0" if name == "trl" else real(name))
     with pytest.raises(UpstreamMismatchError, match=r"trl_mgs supports trl>=1\.16\.0,<1\.17; trl 1\.17\.0 is installed"):
         trl_seams.check()
+
+
+def test_setup_cfg_declares_the_versions_the_guards_support():
+    """The ranges live in setup.cfg (what pip installs) and in the adapters' _upstream modules (what they check):
+    they must say the same."""
+    import configparser
+    from pathlib import Path
+
+    pytest.importorskip("trl")
+    pytest.importorskip("verl")
+    from trl_mgs import _upstream as trl_seams
+    from verl_mgs import _upstream as verl_seams
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[3] / "setup.cfg")
+    extras = {name: [line.strip() for line in value.splitlines() if line.strip() and not line.strip().startswith("#")]
+              for name, value in cfg["options.extras_require"].items()}
+    lo, hi = trl_seams.TRANSFORMERS_VERSIONS
+    for extra in ("trl", "verl", "tools"):
+        assert f"transformers>={lo},<{hi}" in extras[extra], extra
+    assert f"trl=={trl_seams.TRL_VERSIONS[0]}" in extras["trl"]
+    assert f"verl=={verl_seams.VERL_VERSIONS[0]}" in extras["verl"]
