@@ -360,7 +360,9 @@ class GradientSurgery:
         if stateful and "method" not in state:
             raise ValueError(f"the checkpoint has no method state but method={self.options.method!r} keeps state; "
                              "resume with the settings it was saved with, or start a new run.")
-        if "method" in state and not stateful:
+        # a method whose state is still empty (nothing learned yet) but that can load state takes it
+        loads = self._method is not None and callable(getattr(self._method.fn, "load_state_dict", None))
+        if "method" in state and not (stateful or loads):
             raise ValueError(f"the checkpoint holds method state (keys {sorted(state['method'])}) but method="
                              f"{self.options.method!r} with surgery={self.options.surgery!r} keeps none; resume with "
                              "the settings it was saved with, or drop state['method'] to discard it.")
@@ -377,5 +379,5 @@ class GradientSurgery:
         self._step = int(state["step"])
         if self._ema is not None:
             self._ema.load_state_dict(state["gram_ema"], self._device)
-        if stateful:
+        if "method" in state:
             self._method.load_state_dict(state["method"])

@@ -230,3 +230,30 @@ def test_the_registry_validates_what_a_method_returns():
     finally:
         for name in ("needs_extra", "claims_projections", "hides_projections"):
             unregister_method(name)
+
+
+def test_a_method_whose_state_is_still_empty_restores_a_checkpoint():
+    """A method that learns its state at its first step reports none before it (state_dict() == {}), yet a fresh
+    surgery built with it must take a checkpoint's method state, not refuse it."""
+
+    class Lazy:
+        def __init__(self):
+            self.seen = None
+
+        def __call__(self, gram, generator):
+            self.seen = gram.diagonal(dim1=1, dim2=2).clone()
+            return torch.ones(gram.shape[:2], dtype=gram.dtype)
+
+        def state_dict(self):
+            return {} if self.seen is None else {"seen": self.seen}
+
+        def load_state_dict(self, state):
+            self.seen = state.get("seen")
+
+    register_method("lazy_for_test", Lazy)
+    try:
+        fresh = mgs.GradientSurgery(torch.nn.Linear(2, 2), domains=["a"], method="lazy_for_test")
+        fresh.load_state_dict({"step": 3, "seed": 0, "domains": ["a"], "method": {"seen": torch.ones(2, 1)}})
+        assert torch.equal(fresh.state_dict()["method"]["seen"], torch.ones(2, 1)) and fresh.step == 3
+    finally:
+        unregister_method("lazy_for_test")
