@@ -10,9 +10,11 @@ a block's K rows stay in cache between them: the combine reads the buffers about
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from mgs._buffers import CHUNK, Bucket
+from mgs._buffers import CHUNK, Bucket, Slot
 from mgs._collectives import average_replicas
 
 COMBINE_BLOCK = 2048
@@ -52,8 +54,10 @@ def chunk_weights(bucket: Bucket, weights: torch.Tensor) -> torch.Tensor:
     return weights.index_select(0, bucket.chunk_group)
 
 
-def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_group: object | None = None) -> None:
-    """Write the combined gradient of ``bucket``'s parameters into their ``.grad`` (``weights=None``: plain sum)."""
+def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_group: object | None = None,
+                   keep: Callable[[Slot], bool] = lambda slot: True) -> None:
+    """Write the combined gradient of ``bucket``'s parameters into their ``.grad`` (``weights=None``: plain sum);
+    a parameter for which ``keep`` is false (no backward reached it) keeps ``.grad = None``."""
     data, shared = bucket.data, bucket.shared
     k, chunks = data.shape[0], bucket.numel // CHUNK
     if dp_process_group is not None:  # the shared row is averaged on every rank, used or not, so collectives match
@@ -75,6 +79,7 @@ def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_grou
         if shared is not None:
             result.add_(shared)
     for slot in bucket.slots:
-        slot.param.grad = bucket.view(result, slot)
+        slot.param.grad = bucket.view(result, slot) if keep(slot) else None
+        slot.touched = False
     bucket.data = None
     bucket.shared = None

@@ -14,7 +14,9 @@ row 0 and drops its reference, so they are freed when the training loop drops ``
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -44,6 +46,8 @@ class Slot:
     numel: int
     local_shape: torch.Size
     dtensor_spec: tuple | None  # (mesh, placements, global shape, global stride) for DTensor params
+    touched: bool = False  # a backward (or a stray gradient) reached the parameter since the last apply()
+    fires: int = 0  # accumulate-grad hook calls, to tell autograd's in-place writes from a user's
 
 
 @dataclass
@@ -109,17 +113,39 @@ def build_buckets(partition: Partition, shard_process_group: object | None, cap:
     return buckets
 
 
+def _mark_touched(slot_ref: weakref.ref, param: torch.Tensor) -> None:
+    slot = slot_ref()
+    if slot is not None:
+        slot.touched = True
+        slot.fires += 1
+
+
 class DomainBuffers:
     """Owns the buckets and points ``p.grad`` at the active domain's row.
 
     Invariant outside :meth:`attach`/:meth:`detach`: every ``p.grad`` is None. A gradient found in
     ``p.grad`` at any other time was computed outside a domain, so it is moved to the *shared* row:
     added after surgery, never projected.
+
+    Which parameters a backward reached is recorded on the host by a post-accumulate-grad hook per plain
+    parameter (``Slot.touched``), so :func:`mgs._apply.combine_bucket` can leave ``p.grad = None`` for the
+    others, as plain PyTorch does. Each of autograd's accumulations into a view is one in-place write, which
+    bumps the bucket's version counter once: more bumps than hook calls during a context mean someone wrote
+    into ``p.grad`` by hand (``p.grad.add_(g)``), and then every parameter of that bucket counts as touched.
+    FSDP2 shards are written by FSDP2's reduce-scatter, which fires no hook.
     """
 
     def __init__(self, partition: Partition, shard_process_group: object | None = None, cap: int = BUCKET_CAP):
         self.buckets = build_buckets(partition, shard_process_group, cap)
         self._attached: list[tuple[Slot, torch.Tensor, torch.Tensor]] | None = None
+        self._writes: list[tuple[Bucket, torch.Tensor, int, int]] = []
+        for b in self.buckets:
+            for slot in b.slots:
+                if slot.dtensor_spec is None:  # a weak reference: the hook must not keep the surgery alive
+                    slot.param.register_post_accumulate_grad_hook(partial(_mark_touched, weakref.ref(slot)))
+
+    def slots(self):
+        return (slot for b in self.buckets for slot in b.slots)
 
     @property
     def is_open(self) -> bool:
@@ -152,11 +178,14 @@ class DomainBuffers:
                 local = grad.to_local() if slot.dtensor_spec is not None else grad
                 b.shared[slot.offset : slot.offset + slot.numel].view(slot.local_shape).add_(local)
                 slot.param.grad = None
+                slot.touched = True
 
     def attach(self, row: int | None) -> None:
-        """Point every ``p.grad`` at row ``row`` (``None``: the shared row)."""
+        """Point every ``p.grad`` at row ``row`` (``None``: the shared row). On failure what was attached is
+        detached again, so no ``p.grad`` is left pointing into the buffers."""
         self.collect_strays()
-        attached = []
+        attached = self._attached = []
+        self._writes = []
         for b in self.buckets:
             if row is None:
                 if b.shared is None:
@@ -164,14 +193,19 @@ class DomainBuffers:
                 target = b.shared
             else:
                 target = b.data[row]
+            self._writes.append((b, target, target._version, sum(s.fires for s in b.slots)))
             for slot in b.slots:
                 view = b.view(target, slot)
                 slot.param.grad = view
                 attached.append((slot, view, target))
-        self._attached = attached
 
     def detach(self) -> None:
         """Take the gradients back from ``p.grad`` (copying them if something replaced our views)."""
+        for b, target, version, fires in self._writes:
+            if target._version - version > sum(s.fires for s in b.slots) - fires:  # written by hand
+                for slot in b.slots:
+                    slot.touched = True
+        self._writes = []
         for slot, view, _ in self._attached or ():
             grad = slot.param.grad
             if grad is not view:  # replaced (e.g. create_graph=True accumulates out of place) or cleared
@@ -180,6 +214,7 @@ class DomainBuffers:
                     local.zero_()
                 else:
                     local.copy_(grad.to_local() if slot.dtensor_spec is not None else grad)
+                    slot.touched = True
             slot.param.grad = None
         self._attached = None
 
@@ -187,3 +222,5 @@ class DomainBuffers:
         for b in self.buckets:
             b.data = None
             b.shared = None
+            for slot in b.slots:
+                slot.touched = False

@@ -7,6 +7,8 @@ every rank whether or not it saw a domain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -39,12 +41,28 @@ def average_replicas(tensors: list[torch.Tensor], process_group: object) -> None
         t.div_(n)
 
 
-def agree_domains(known: list[str], local: list[str], process_group: object | None = None) -> list[str]:
-    """Extend the agreed list ``known`` with every rank's new names, sorted, identically on all ranks (one
-    all_gather_object over ``process_group``; see ``GradientSurgery.agree_domains``)."""
+def gather_objects(obj: object, process_group: object | None = None) -> list[object]:
+    """Every rank's ``obj``, in rank order (one ``all_gather_object``; ``[obj]`` outside torch.distributed)."""
     if not is_distributed():
-        return known + [d for d in local if d not in known]
-    gathered: list[list[str] | None] = [None] * dist.get_world_size(process_group)
-    dist.all_gather_object(gathered, local, group=process_group)
-    new = sorted({d for names in gathered for d in names or ()} - set(known))
-    return known + new
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(gathered, obj, group=process_group)
+    return gathered
+
+
+def check_same_everywhere(fingerprint: int, describe: Callable[[], object], process_groups: list[object],
+                          device: torch.device, what: str) -> None:
+    """Raise the same ``ValueError`` on every rank, naming each rank's ``describe()``, unless every rank of each
+    process group has the same ``fingerprint`` (< 2**62): one all_reduce per group and one host read; the
+    descriptions are gathered only on a mismatch."""
+    for process_group in process_groups:
+        if world_size(process_group) == 1:
+            continue
+        extremes = torch.tensor([fingerprint, -fingerprint], dtype=torch.int64, device=device)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=process_group)
+        highest, negated_lowest = extremes.tolist()
+        if highest != -negated_lowest:
+            gathered: list[object] = [None] * world_size(process_group)
+            dist.all_gather_object(gathered, describe(), group=process_group)
+            ranks = "; ".join(f"rank {r}: {d}" for r, d in enumerate(gathered))
+            raise ValueError(f"the ranks disagree on {what}: {ranks}.")

@@ -7,6 +7,8 @@ the user came through.
 
 from __future__ import annotations
 
+import numbers
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,18 +27,46 @@ def _choice(field: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}.")
 
 
+def nonnegative_int(field: str, value: object) -> int:
+    """``value`` as an ``int`` (numpy integers too); ``TypeError`` for a non-integer, ``ValueError`` below 0."""
+    if isinstance(value, bool):
+        raise TypeError(f"{field} must be an integer; got {value!r}.")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{field} must be an integer; got {value!r}.") from None
+    if number < 0:
+        raise ValueError(f"{field} must be >= 0; got {number}.")
+    return number
+
+
+def validate_domain_name(name: object) -> str:
+    """``name`` after checking it is a non-empty string that can be part of a metric key (no ``/``)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"domain names are non-empty strings; got {name!r}.")
+    if "/" in name:
+        raise ValueError(f"domain name {name!r} contains '/', which separates the parts of metric keys "
+                         "(mgs/reward/{domain}/mean); rename the domain.")
+    return name
+
+
 def validate_domains(domains: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Return ``domains`` as a tuple after checking it is a list of unique, non-empty names."""
+    """Return ``domains`` as a tuple after checking it is an ordered list of unique, non-empty names."""
     if domains is None:
         return None
     if isinstance(domains, str):
         raise TypeError(f"domains must be a list of names, not the string {domains!r}; did you mean [{domains!r}]?")
+    if isinstance(domains, (set, frozenset)):
+        raise TypeError(f"domains must be an ordered list, not a {type(domains).__name__}, whose order can differ "
+                        f"between processes; give sorted({sorted(domains, key=str)!r}) or another fixed order.")
     names = tuple(domains)
     if not names:
         raise ValueError("domains is empty; give at least one domain name, or None to discover them on first use.")
     for name in names:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"every domain must be a non-empty string; got {name!r} in {list(names)!r}.")
+        try:
+            validate_domain_name(name)
+        except TypeError:
+            raise TypeError(f"every domain must be a non-empty string; got {name!r} in {list(names)!r}.") from None
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"domains has duplicates {duplicates}; each domain must appear once: {list(names)!r}.")
@@ -96,8 +126,9 @@ class SurgeryOptions:
             raise TypeError(f"granularity must be a string, a compiled regex or a callable; got {self.granularity!r}.")
         validate_method(self.method)  # the registry's names, a TorchJD Weighting instance or a callable
         object.__setattr__(self, "domains", validate_domains(self.domains))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int; got {self.seed!r}.")
+        object.__setattr__(self, "seed", int(self.seed))
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         _choice("balance", self.balance, BALANCES)
         if isinstance(self.gram_ema, bool) or not isinstance(self.gram_ema, (int, float)) or not 0 <= self.gram_ema < 1:

@@ -120,6 +120,21 @@ class Partition:
         entries = trainable_parameters(model)
         if not entries:
             raise ValueError("the model has no parameter with requires_grad=True; there is nothing to do surgery on.")
+        for names, param in entries:
+            if param.is_complex():
+                raise TypeError(f"parameter {names[0]!r} is complex ({param.dtype}); gradient surgery supports real "
+                                "floating-point parameters only.")
+            if not param.is_floating_point():
+                raise TypeError(f"parameter {names[0]!r} has dtype {param.dtype}; gradients need floating point.")
+        if isinstance(model, nn.Module):
+            trainable = {id(p) for _, p in entries}
+            for name, module in model.named_modules():
+                if getattr(module, "sparse", False) is True and any(id(p) in trainable for p in module.parameters(False)):
+                    raise ValueError(
+                        f"module {name!r} ({type(module).__name__}) has sparse=True, so its gradient is a sparse "
+                        "tensor, which the per-domain buffers (dense) cannot hold; build it with sparse=False "
+                        "(and a dense optimizer instead of SparseAdam) or freeze it."
+                    )
         index: dict[str, int] = {}
         kinds: list[set[str]] = []
         group_of = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import numbers
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-import warnings
 from typing import Any
 
 import torch
@@ -12,12 +14,12 @@ from torch import nn
 
 from mgs._apply import combine_bucket
 from mgs._balance import balance_scales, balanced_gram
-from mgs._buffers import BUCKET_CAP, DomainBuffers
-from mgs._collectives import agree_domains, average_replicas, is_distributed, sum_partial_grams
+from mgs._buffers import BUCKET_CAP, CHUNK, DomainBuffers
+from mgs._collectives import average_replicas, check_same_everywhere, gather_objects, is_distributed, sum_partial_grams
 from mgs._fsdp2 import check_fsdp2_layout, fsdp2_modules, held_back_gradients
 from mgs._gram import local_grams, without_nonfinite
 from mgs._gram_ema import GramEMA
-from mgs._options import Granularity, SurgeryOptions
+from mgs._options import Granularity, SurgeryOptions, nonnegative_int, validate_domain_name, validate_domains
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
 from mgs.methods import resolve_method, step_generator
@@ -117,6 +119,8 @@ class GradientSurgery:
         **renamed: object,
     ) -> None:
         dp_process_group, shard_process_group = _renamed_process_groups(renamed, dp_process_group, shard_process_group)
+        if isinstance(bucket_cap, bool) or not isinstance(bucket_cap, numbers.Integral) or bucket_cap < CHUNK:
+            raise ValueError(f"bucket_cap must be an integer number of elements >= {CHUNK}; got {bucket_cap!r}.")
         self.options = SurgeryOptions(
             surgery=surgery,
             granularity=granularity,
@@ -134,7 +138,10 @@ class GradientSurgery:
         self._fsdp2 = fsdp2_modules(model)
         check_fsdp2_layout(self._fsdp2)
         self.partition = Partition.build(model, granularity)
-        self._buffers = DomainBuffers(self.partition, shard_process_group, bucket_cap)
+        self._model = model if isinstance(model, nn.Module) else None  # to notice parameters added or replaced later
+        self._names = {id(p): names[0] for p, names in zip(self.partition.params, self.partition.names)}
+        self._buffers = DomainBuffers(self.partition, shard_process_group, int(bucket_cap))
+        self._layout_checked = False  # every rank's domain list and buffer layout compared (first distributed apply)
         self._device = self._buffers.buckets[0].device
         self._method = resolve_method(method) if surgery != "none" else None
         self._ema = GramEMA(gram_ema) if gram_ema > 0 and surgery != "none" else None
@@ -147,6 +154,15 @@ class GradientSurgery:
         self._last_row: object = _NO_CONTEXT  # row of the last context, for the FSDP2 flush check
         kinds = self.partition.group_kinds
         self._kind_masks = {kind: torch.tensor([k == kind for k in kinds], device=self._device) for kind in dict.fromkeys(kinds)}
+
+    def _refuse_copy(self, *args: object) -> None:
+        raise TypeError(
+            "a GradientSurgery is bound to its model's parameters (its buffers are their .grad), so a copy would do "
+            "nothing for the copied model's parameters; build a new one for the copy: "
+            "mgs.GradientSurgery(copied_model, **vars(surgery.options)), then load_state_dict(surgery.state_dict())."
+        )
+
+    __copy__ = __deepcopy__ = __reduce_ex__ = _refuse_copy
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -177,10 +193,9 @@ class GradientSurgery:
 
     # ------------------------------------------------------------------ gradient capture
     def _row(self, name: str) -> int:
-        if not isinstance(name, str):
-            raise TypeError(f"domain names are strings; got {name!r}.")
         if name in self._domains:
             return self._domains.index(name)
+        validate_domain_name(name)
         if not self._discover:
             raise ValueError(f"unknown domain {name!r}; the known domains are {list(self._domains)!r}.")
         if self._agreed_this_step and is_distributed():
@@ -203,16 +218,87 @@ class GradientSurgery:
             )
         if row != self._last_row:
             self._check_fsdp2_flushed(f"entering surgery.{label}")
+        self._check_parameter_types(f"entering surgery.{label}")
         if not self._buffers.is_open:
             self._buffers.open(len(self._domains))
+        try:
+            self._buffers.attach(row)
+        except RuntimeError as error:  # leave nothing attached and the object usable
+            self._buffers.detach()
+            raise RuntimeError(f"surgery.{label} could not point the parameters' .grad at its buffers: {error}") from error
         self._active = label
-        self._buffers.attach(row)
         try:
             yield
         finally:
             self._buffers.detach()
             self._active = None
             self._last_row = row
+
+    def _check_parameter_types(self, when: str) -> None:
+        """Every parameter still has the dtype, device and shape its buffer slot was made for."""
+        for bucket in self._buffers.buckets:
+            for slot in bucket.slots:
+                p = slot.param
+                moved = p.dtype != bucket.dtype or (
+                    slot.dtensor_spec is None and (p.device != bucket.device or p.shape != slot.local_shape))
+                if moved:
+                    name = self._names[id(p)]
+                    raise RuntimeError(
+                        f"{when}: parameter {name!r} is now {p.dtype} on {p.device} with shape {tuple(p.shape)}, but "
+                        f"GradientSurgery was built for {bucket.dtype} on {bucket.device} with shape "
+                        f"{tuple(slot.local_shape)}; build the surgery after casting or moving the model "
+                        "(model.to(...), .half(), .double(), ...)."
+                    )
+
+    def _check_parameters(self, when: str) -> None:
+        """No trainable parameter was added to, replaced in or unfrozen in the model after construction: its gradient
+        would be left out of surgery (and, replicated, not averaged over the ranks)."""
+        self._check_parameter_types(when)
+        if self._model is None:
+            return
+        for name, p in self._model.named_parameters():
+            if p.requires_grad and id(p) not in self._names:
+                raise RuntimeError(
+                    f"{when}: parameter {name!r} was added, replaced or unfrozen after GradientSurgery was built, so "
+                    "its gradient would be left out of surgery; build the surgery when the model is final (after "
+                    "wrapping, casting, moving or unfreezing its parameters)."
+                )
+
+    def _layout(self) -> list[tuple]:
+        """What every rank must agree on: per buffer slot, its parameter's name, global shape and dtype."""
+        out = []
+        for bucket in self._buffers.buckets:
+            for slot in bucket.slots:
+                shape = slot.dtensor_spec[2] if slot.dtensor_spec is not None else slot.local_shape
+                out.append((self._names[id(slot.param)], tuple(shape), str(bucket.dtype)))
+        return out
+
+    def _check_same_layout(self) -> None:
+        """Every rank holds the same ordered domain list and the same parameters in the same buffer layout; else one
+        clear error on every rank instead of mixed domains or a size mismatch deep inside a collective."""
+        layout = self._layout()
+        digest = hashlib.blake2b(repr((self._domains, layout)).encode(), digest_size=8).digest()
+        fingerprint = int.from_bytes(digest, "little") >> 2
+
+        def describe() -> str:
+            elements = sum(int(torch.Size(shape).numel()) for _, shape, _ in layout)
+            return f"domains {list(self._domains)!r}, {len(layout)} parameters of {elements} elements"
+
+        groups = [self._dp_process_group] if self._dp_process_group is not None else []
+        groups += list(dict.fromkeys(b.shard_process_group for b in self._buffers.buckets
+                                     if b.shard_process_group is not None))
+        check_same_everywhere(fingerprint, describe, groups, self._device,
+                              "the ordered domain list or the parameters surgery covers")
+        self._layout_checked = True
+
+    def _keeps_grad(self, slot) -> bool:
+        """Whether ``slot``'s parameter gets the combined gradient, or keeps ``grad = None`` as in plain PyTorch: a
+        frozen parameter, or one no backward reached in this process (known on the host from the accumulate-grad
+        hooks). FSDP2 shards fire no hook, and under replication another rank may have reached the parameter, so
+        there only a frozen parameter keeps None: the ranks decide alike without a collective."""
+        if not slot.param.requires_grad:
+            return False
+        return slot.touched or slot.dtensor_spec is not None or self._dp_process_group is not None
 
     def _check_fsdp2_flushed(self, when: str) -> None:
         held_back = self._fsdp2 and held_back_gradients(self._fsdp2)
@@ -239,28 +325,40 @@ class GradientSurgery:
         self._last_row = _NO_CONTEXT
         self._agreed_this_step = False
 
-    def agree_domains(self, names: Iterable[str] = (), process_group: object | None = None) -> tuple[str, ...]:
-        """Agree this step's domains across ranks before its first backward; return the domain list.
+    def agree_domains(self, names: Iterable[str] = (), process_group: object | None = None, *,
+                      error: str | None = None) -> tuple[str, ...]:
+        """Agree and check this step's domains on every rank before its first backward; return the domain list.
 
-        With a fixed domain list this only checks ``names`` (no collective). When discovering domains
-        (``domains=None``), one ``all_gather_object`` over ``process_group`` (default: all ranks) adds every
-        rank's new names, sorted, to the list on every rank, so adapters can run the same per-domain passes
-        on every rank; :meth:`apply` then does not agree again this step. Every rank must call it, also one
-        that has no rows.
+        One ``all_gather_object`` over ``process_group`` (default: all ranks; none outside torch.distributed)
+        carries each rank's ``names`` and its ``error`` (a rank that could not read its rows' domains passes
+        the reason): if any rank has an error, or a name the fixed domain list does not hold, every rank raises
+        the same ``ValueError`` naming the ranks, instead of some ranks waiting in a later collective. When
+        discovering domains (``domains=None``) every rank's new names are added, sorted, to the list on every
+        rank, and :meth:`apply` does not agree again this step. Every rank must call it, also one that has no rows.
         """
-        names = list(names)
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"domain names are strings; got {name!r}.")
-        if not self._discover:
-            unknown = sorted(set(names) - set(self._domains))
-            if unknown:
-                raise ValueError(f"unknown domains {unknown}; the known domains are {list(self._domains)!r}.")
-            return self.domains
         if self._active is not None:
             raise RuntimeError(f"agree_domains() called inside surgery.{self._active}.")
-        local = list(self._domains) + [n for n in dict.fromkeys(names) if n not in self._domains]
-        agreed = agree_domains(local[: self._agreed], local[self._agreed :], process_group=process_group)
+        names = list(names)
+        if error is None:
+            try:
+                for name in names:
+                    validate_domain_name(name)
+                unknown = [] if self._discover else sorted(set(names) - set(self._domains))
+                if unknown:
+                    raise ValueError(f"unknown domains {unknown}; the known domains are {list(self._domains)!r}")
+            except (TypeError, ValueError) as problem:
+                error = str(problem)
+        new = [] if error is not None or not self._discover else (
+            self._domains[self._agreed :] + [n for n in dict.fromkeys(names) if n not in self._domains])
+        gathered = gather_objects((new, error), process_group)
+        errors = [f"rank {rank}: {str(problem).rstrip('.')}" for rank, (_, problem) in enumerate(gathered)
+                  if problem is not None]
+        if errors:
+            raise ValueError(f"the step's domains could not be agreed across ranks: {'; '.join(errors)}.")
+        if not self._discover:
+            return self.domains
+        known = self._domains[: self._agreed]
+        agreed = known + sorted({d for rank_new, _ in gathered for d in rank_new} - set(known))
         if self._buffers.is_open and agreed != self._domains:  # rows captured so far move to their agreed place
             self._buffers.resize(len(agreed), [agreed.index(d) for d in self._domains])
         self._domains, self._agreed = agreed, len(agreed)
@@ -313,11 +411,14 @@ class GradientSurgery:
             raise RuntimeError(f"apply() called inside surgery.{self._active}; call it after the context exits.")
         if step is None:
             step = self._step
-        elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise TypeError(f"step must be a non-negative int; got {step!r}.")
+        else:
+            step = nonnegative_int("step", step)
+        self._check_parameters("apply()")
         if self._discover and is_distributed() and not self._agreed_this_step:
             self.agree_domains()  # before any other collective, so every rank has the same K
         self._agreed_this_step = False
+        if not self._layout_checked and is_distributed():
+            self._check_same_layout()  # once, before the first collective that depends on it
         self._check_fsdp2_flushed("apply()")
         self._last_row = _NO_CONTEXT
         buffers = self._buffers
@@ -331,12 +432,19 @@ class GradientSurgery:
         nonfinite = ~torch.isfinite(gram.diagonal(dim1=1, dim2=2))
         if self.options.on_nonfinite == "raise" and bool(nonfinite.any()):
             bad = [(self.partition.group_names[g], self._domains[d]) for g, d in nonfinite.nonzero().tolist()]
+            shown = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
+            overflow = all(bool(torch.isfinite(b.data).all()) for b in buffers.buckets)  # this rank's shards
             buffers.release()
-            raise FloatingPointError(f"non-finite gradients in (group, domain) {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
+            if overflow:
+                raise FloatingPointError(
+                    f"the gradients are finite, but their squared norms overflow the Gram matrices' float32 in "
+                    f"(group, domain) {shown}: some gradient entries are around 1e19 or larger; scale the loss down."
+                )
+            raise FloatingPointError(f"non-finite gradients in (group, domain) {shown}.")
         clean = without_nonfinite(gram, nonfinite)
         weights, projected = self._weights(clean, nonfinite, step)
         for bucket in buffers.buckets:
-            combine_bucket(bucket, weights, self._dp_process_group)
+            combine_bucket(bucket, weights, self._dp_process_group, keep=self._keeps_grad)
         self._step = step + 1
         projects = self._method is None or self._method.projects
         return surgery_stats(gram, clean, nonfinite, self._domains, self._kind_masks, weights, projected, projects)
@@ -345,7 +453,8 @@ class GradientSurgery:
     def state_dict(self) -> dict[str, Any]:
         """The step counter, seed and domain list, the Gram EMA when ``gram_ema > 0``, and the method's state
         under ``"method"`` when it keeps one (GradVac's per-group target cosines): all the state surgery has."""
-        state = {"step": self._step, "seed": self.options.seed, "domains": list(self._domains)}
+        state = {"step": self._step, "seed": self.options.seed, "domains": list(self._domains),
+                 "groups": self._groups_fingerprint()}
         if self._ema is not None:
             state["gram_ema"] = self._ema.state_dict()
         method_state = self._method.state_dict() if self._method is not None else {}
@@ -353,9 +462,22 @@ class GradientSurgery:
             state["method"] = method_state
         return state
 
+    def _groups_fingerprint(self) -> str:
+        """The parameter groups (names and members) as a short hex digest: a checkpoint's must match."""
+        groups = (self.partition.group_names, self.partition.group_of)
+        return f"{len(self.partition.group_names)}:" + hashlib.blake2b(repr(groups).encode(), digest_size=8).hexdigest()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` saved with the same options (before the first backward)."""
-        domains = list(state["domains"])
+        """Restore a :meth:`state_dict` saved with the same options (before the first backward).
+
+        Raises:
+            ValueError: the state is malformed, or was saved with another seed, another grouping of the parameters
+                (granularity or model), another Gram-EMA setting or another method state; the message names both.
+        """
+        if not isinstance(state, dict) or "step" not in state or "domains" not in state:
+            raise ValueError(f"not a GradientSurgery state (a dict with 'step' and 'domains'): {type(state).__name__}.")
+        domains = list(validate_domains(state["domains"]) or ())
+        step = nonnegative_int("the checkpoint's step", state["step"])
         stateful = self._method is not None and self._method.stateful
         if stateful and "method" not in state:
             raise ValueError(f"the checkpoint has no method state but method={self.options.method!r} keeps state; "
@@ -366,6 +488,16 @@ class GradientSurgery:
             raise ValueError(f"the checkpoint holds method state (keys {sorted(state['method'])}) but method="
                              f"{self.options.method!r} with surgery={self.options.surgery!r} keeps none; resume with "
                              "the settings it was saved with, or drop state['method'] to discard it.")
+        if "seed" in state and int(state["seed"]) != self.options.seed:
+            raise ValueError(f"the checkpoint was saved with seed={state['seed']}, this surgery has seed="
+                             f"{self.options.seed}; resume with the seed it was saved with (surgery_seed).")
+        if "groups" in state and state["groups"] != self._groups_fingerprint():
+            raise ValueError(f"the checkpoint's parameter groups ({state['groups']}) differ from this surgery's "
+                             f"({self._groups_fingerprint()}, granularity={self.options.granularity!r}): it was saved "
+                             "with another granularity or another model; resume with the settings it was saved with.")
+        if self._ema is None and "gram_ema" in state:
+            raise ValueError(f"the checkpoint holds a Gram EMA (decay {state['gram_ema'].get('decay')}) but this "
+                             "surgery has gram_ema=0 (or surgery='none'); resume with the settings it was saved with.")
         if not self._discover and domains != self._domains:
             raise ValueError(f"checkpoint domains {domains!r} differ from the configured domains {self._domains!r}.")
         if self._buffers.is_open:
@@ -376,7 +508,7 @@ class GradientSurgery:
         # every check above runs before anything is assigned: a refused state leaves the surgery as it was
         self._domains = domains
         self._agreed = len(domains) if self._discover and is_distributed() else self._agreed
-        self._step = int(state["step"])
+        self._step = step
         if self._ema is not None:
             self._ema.load_state_dict(state["gram_ema"], self._device)
         if "method" in state:

@@ -147,13 +147,20 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
             self._domain_index = self.engine_config.domain_index()
         return self._surgery
 
-    def _mgs_domains(self, labels: list[str]) -> list[str]:
-        """The step's domain list, the same on every rank: the configured one (checked against ``labels``), or
-        the domains seen so far on any rank, agreed once per step (one all_gather_object over the DP group)."""
-        if self._domain_index.domains is not None:
+    def _mgs_domains(self, data) -> tuple[list[str], list[str]]:
+        """Each row's domain and the step's domain list, the same on every rank: the configured one, or the
+        domains seen so far on any rank. One all_gather_object over the DP group agrees the list and the rows'
+        validity: a row one rank cannot read, or a domain the configured list lacks, raises the same error on
+        every rank before any other collective (a check on one rank only would leave the others waiting)."""
+        labels, error = [], None
+        try:
+            labels = domain_labels(data, self._domain_index)
             self._domain_index.check(labels)
-            return list(self._domain_index.domains)
-        return list(self._surgery.agree_domains(sorted(set(labels)), process_group=self.get_data_parallel_group()))
+        except (KeyError, TypeError, ValueError) as problem:
+            error = problem.args[0] if problem.args else str(problem)
+        domains = self._surgery.agree_domains(sorted(set(labels)), process_group=self.get_data_parallel_group(),
+                                              error=error)
+        return labels, list(domains)
 
     def _mgs_micro_batches(self, data, rows: list[int]) -> list:
         if not rows:
@@ -182,8 +189,7 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         tu.assign_non_tensor(data, batch_num_tokens=batch_num_tokens.item())
         tu.assign_non_tensor(data, dp_size=self.get_data_parallel_size())
 
-        labels = domain_labels(data, self._domain_index)
-        domains = self._mgs_domains(labels)
+        labels, domains = self._mgs_domains(data)
         rewards = self._mgs_domain_rewards(data, labels, domains)
         per_domain = [self._mgs_micro_batches(data, [i for i, d in enumerate(labels) if d == name]) for name in domains]
         counts = torch.tensor([len(m) for m in per_domain], dtype=torch.long, device=get_device_id())

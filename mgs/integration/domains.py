@@ -43,16 +43,30 @@ class DomainIndex:
         return f"DomainIndex(key={self.key!r}, domains={self.domains!r})"
 
     # ------------------------------------------------------------------ reading
-    def _name(self, value: Any, row: object) -> str:
+    def _value(self, value: Any, row: object) -> Any:
         for part in self.path:
             if not isinstance(value, Mapping) or part not in value:
                 shown = sorted(value) if isinstance(value, Mapping) else type(value).__name__
                 raise KeyError(f"{self.where}={self.key!r}: a row's {self.field!r} has no key {part!r} "
                                f"(it holds {shown}); row {row}.")
             value = value[part]
-        if value is None or (isinstance(value, str) and not value):
-            raise ValueError(f"{self.where}={self.key!r}: a row has no domain ({value!r}); row {row}.")
-        return str(value)
+        return value
+
+    def _names(self, values: list[Any]) -> list[str]:
+        """``values`` as domain names, or one error naming every kind of bad value and what to do."""
+        bad = [(i, v) for i, v in enumerate(values) if not isinstance(v, str) or not v]
+        if not bad:
+            return list(values)
+        shown = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        if all(v is None or (isinstance(v, str) and not v) for _, v in bad):
+            raise ValueError(f"{self.where}={self.key!r}: {len(bad)} of {len(values)} rows have no domain (None or "
+                             f"empty): {shown}; give every row its domain name, or filter those rows out.")
+        raise ValueError(
+            f"{self.where}={self.key!r}: domain names are non-empty strings, but {len(bad)} of {len(values)} rows hold "
+            f"other values ({shown}); cast the column to strings. A datasets ClassLabel column holds integer ids: "
+            "map them to their names first, e.g. dataset.map(lambda r: {c: names[r[c]]}) with "
+            "names = dataset.features[c].names, then cast the column to Value('string')."
+        )
 
     def missing_field(self, fields: Iterable[str], error_type: type[Exception] = KeyError) -> Exception:
         """The error (to raise) for data whose fields (columns) lack this key's field."""
@@ -61,17 +75,20 @@ class DomainIndex:
 
     def of_row(self, row: Mapping[str, Any]) -> str:
         """The domain of one row (a mapping of field → value)."""
-        if self.field not in row:
-            raise self.missing_field(row)
-        return self._name(row[self.field], f"with fields {sorted(row)}")
+        return self.of_rows([row])[0]
 
     def of_rows(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
         """The domain of each row."""
-        return [self.of_row(row) for row in rows]
+        values = []
+        for row in rows:
+            if self.field not in row:
+                raise self.missing_field(row)
+            values.append(self._value(row[self.field], f"with fields {sorted(row)}"))
+        return self._names(values)
 
     def of_values(self, values: Iterable[Any]) -> list[str]:
         """The domain of each row, from the values of this key's field (a column)."""
-        return [self._name(value, f"{i}") for i, value in enumerate(values)]
+        return self._names([self._value(value, f"{i}") for i, value in enumerate(values)])
 
     # ------------------------------------------------------------------ checking
     def discover(self, labels: Iterable[str]) -> tuple[str, ...]:

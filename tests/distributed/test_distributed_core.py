@@ -421,12 +421,49 @@ def _discovery_agreed(rank):
     return records
 
 
+def _agree_errors(rank):
+    """A problem on one rank only (an unknown domain, a row it could not read) is the same error on every rank."""
+    import torch.distributed as dist
+
+    out = {}
+    fixed = mgs.GradientSurgery(make_net(), domains=["math", "chat"], seed=SEED, dp_process_group=dist.group.WORLD)
+    free = mgs.GradientSurgery(make_net(), domains=None, seed=SEED, dp_process_group=dist.group.WORLD)
+    cases = {"unknown": (fixed, ["code"] if rank == 1 else ["math"], None),
+             "unreadable": (free, ["math"], "row 3 has no domain" if rank == 0 else None)}
+    for case, (surgery, names, error) in cases.items():
+        try:
+            surgery.agree_domains(names, process_group=dist.group.WORLD, error=error)
+            out[case] = None
+        except ValueError as problem:
+            out[case] = str(problem)
+    out["after"] = list(free.agree_domains(["math"], process_group=dist.group.WORLD))  # still usable
+    return out
+
+
+def _layout_mismatch(rank):
+    """The same domains in another order on rank 1: refused on both ranks at the first apply, naming both lists."""
+    import torch.distributed as dist
+
+    domains = ["math", "chat"] if rank == 0 else ["chat", "math"]
+    model = make_net()
+    s = mgs.GradientSurgery(model, domains=domains, seed=SEED, dp_process_group=dist.group.WORLD)
+    with s.domain("math"):
+        loss_of(model, rank, "math", 0, 0, 1.0).backward()
+    try:
+        s.apply(step=0)
+        return None
+    except ValueError as problem:
+        return str(problem)
+
+
 REPLICATED_SCENARIOS = [
     ("replicated_modular_parameter", _replicated("modular", "parameter")),
     ("replicated_global_parameter", _replicated("global", "parameter")),
     ("ddp", _ddp),
     ("discovery", _discovery),
     ("discovery_agreed", _discovery_agreed),
+    ("agree_errors", _agree_errors),
+    ("layout_mismatch", _layout_mismatch),
 ]
 
 
@@ -687,3 +724,18 @@ def test_domains_agreed_up_front_are_agreed_once_per_step(replicated_group):
         for record in records:
             assert "'not-agreed' is not among the domains agreed across ranks" in record["refused"]
             assert record["gathers"] == 1
+
+
+def test_a_domain_problem_on_one_rank_is_the_same_error_on_every_rank(replicated_group):
+    per_rank = replicated_group.scenario("agree_errors")
+    for out in per_rank:
+        assert "rank 1: unknown domains ['code']" in out["unknown"]
+        assert "rank 0: row 3 has no domain" in out["unreadable"]
+        assert out["after"] == ["math"]
+    assert per_rank[0]["unknown"] == per_rank[1]["unknown"]
+
+
+def test_ranks_with_different_domain_orders_are_refused_on_every_rank(replicated_group):
+    for message in replicated_group.scenario("layout_mismatch"):
+        assert message and "the ranks disagree on the ordered domain list" in message
+        assert "rank 0: domains ['math', 'chat']" in message and "rank 1: domains ['chat', 'math']" in message

@@ -161,7 +161,7 @@ def test_internal_step_counter_and_state_dict():
         assert max_group_error(params, reference_surgery(grads, s.groups(), "modular", 3, step), s.groups()) <= 1e-5
         model.zero_grad()
     state = s.state_dict()
-    assert state == {"step": 2, "seed": 3, "domains": DOMAINS[:3]}
+    assert state == {"step": 2, "seed": 3, "domains": DOMAINS[:3], "groups": s._groups_fingerprint()}
     _, fresh, _, _ = _setup(3)
     fresh.load_state_dict(state)
     assert fresh.step == 2
@@ -451,3 +451,200 @@ def test_an_unknown_fsdp2_layout_is_a_named_error():
     check_fsdp2_layout([FakeFSDP2({"unsharded_accumulated_grad": None})])
     with pytest.raises(UpstreamMismatchError, match=r"FSDP2's private FSDPParam.unsharded_accumulated_grad.*torch \("):
         check_fsdp2_layout([FakeFSDP2({})])  # a torch that renamed it: refused, not a check that never fires
+
+
+# ---------------------------------------------------------------------- misuse (issue 13)
+def _two_layer():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+
+def test_untouched_parameters_keep_grad_none_as_in_plain_pytorch():
+    """Frozen after construction, unused in the forward, or no backward at all: p.grad stays None, so AdamW with
+    weight decay leaves those parameters where they are, exactly as without surgery."""
+
+    def train(with_surgery: bool):
+        model = _two_layer()
+        surgery = mgs.GradientSurgery(model, domains=["a", "b"]) if with_surgery else None
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+        x = torch.randn(3, 4)
+        for step in range(3):
+            if step == 1:
+                model[0].weight.requires_grad_(False)  # frozen mid-run
+            for d in ("a", "b"):
+                loss = model[2](model[0](x).relu() if step < 2 else x).sum()  # step 2: layer 0 unused
+                if surgery is None:
+                    loss.backward()
+                else:
+                    with surgery.domain(d):
+                        loss.backward()
+            if surgery is not None:
+                surgery.apply(step=step)
+            grads = {n: p.grad is None for n, p in model.named_parameters()}
+            optimizer.step()
+            optimizer.zero_grad()
+        if surgery is not None:  # a step with no backward at all
+            surgery.apply(step=3)
+            assert all(p.grad is None for p in model.parameters())
+        return grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    (plain_none, plain), (mgs_none, surgery) = train(False), train(True)
+    assert mgs_none == plain_none == {"0.weight": True, "0.bias": True, "2.weight": False, "2.bias": False}
+    for name in plain:
+        assert torch.allclose(surgery[name], plain[name], atol=1e-6), name
+
+
+def test_parameters_added_or_unfrozen_after_construction_are_an_error():
+    model = _two_layer()
+    model[0].bias.requires_grad_(False)
+    surgery = mgs.GradientSurgery(model, domains=["a"])
+    model[0].bias.requires_grad_(True)
+    with surgery.domain("a"):
+        model(torch.randn(2, 4)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"apply\(\): parameter '0.bias' was added, replaced or unfrozen"):
+        surgery.apply()
+    model[0].bias.requires_grad_(False)
+    surgery.reset()
+    model.add_module("3", torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match=r"parameter '3.weight' was added"):
+        surgery.apply()
+
+
+def test_a_failed_context_entry_leaves_the_surgery_usable():
+    model = _two_layer()
+    surgery = mgs.GradientSurgery(model, domains=["a"])
+    model.double()
+    with pytest.raises(RuntimeError, match=r"parameter '0.weight' is now torch.float64.*build the surgery after casting"):
+        with surgery.domain("a"):
+            pass
+    assert all(p.grad is None for p in model.parameters())
+    model.float()
+    with surgery.domain("a"):  # the cause undone: usable again
+        model(torch.randn(2, 4)).sum().backward()
+    surgery.apply()
+    assert model[0].weight.grad is not None
+
+
+def test_load_state_dict_checks_what_it_loads():
+    model = _two_layer()
+    saved = mgs.GradientSurgery(model, domains=["a", "b"], seed=3, gram_ema=0.5).state_dict()
+    with pytest.raises(ValueError, match="saved with seed=3, this surgery has seed=4"):
+        mgs.GradientSurgery(model, domains=["a", "b"], seed=4, gram_ema=0.5).load_state_dict(saved)
+    with pytest.raises(ValueError, match="parameter groups .* granularity='layer'"):
+        mgs.GradientSurgery(model, domains=["a", "b"], seed=3, gram_ema=0.5, granularity="layer").load_state_dict(saved)
+    with pytest.raises(ValueError, match="holds a Gram EMA .* gram_ema=0"):
+        mgs.GradientSurgery(model, domains=["a", "b"], seed=3).load_state_dict(saved)
+    fresh = mgs.GradientSurgery(model, domains=None, seed=3, gram_ema=0.5)
+    with pytest.raises(ValueError, match="the checkpoint's step must be >= 0"):
+        fresh.load_state_dict(saved | {"step": -1})
+    with pytest.raises(TypeError, match="not the string 'ab'"):
+        fresh.load_state_dict(saved | {"domains": "ab"})
+    with pytest.raises(ValueError, match="duplicates"):
+        fresh.load_state_dict(saved | {"domains": ["a", "a"]})
+    assert fresh.step == 0 and fresh.domains == ()  # nothing half-restored
+    fresh.load_state_dict(saved)
+    assert fresh.domains == ("a", "b")
+
+
+def test_copies_are_refused():
+    import copy
+    import pickle
+
+    surgery = mgs.GradientSurgery(_two_layer(), domains=["a"])
+    for copier in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="bound to its model's parameters.*build a new one"):
+            copier(surgery)
+
+
+def test_zero_grad_without_set_to_none_keeps_the_k_buffers():
+    """Documented (docs/core.md): after apply() p.grad is a view of the domains' [K, n] buffer, so
+    zero_grad(set_to_none=False) keeps all K rows alive until the next step's buffers replace them."""
+    model = torch.nn.Linear(512, 1, bias=False)
+    surgery = mgs.GradientSurgery(model, domains=["a", "b", "c"])
+    for d in "abc":
+        with surgery.domain(d):
+            model(torch.randn(2, 512)).sum().backward()
+    surgery.apply()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad(set_to_none=False)
+    assert model.weight.grad.untyped_storage().nbytes() == 3 * 512 * 4  # K rows, not one
+    optimizer.zero_grad(set_to_none=True)
+    assert model.weight.grad is None
+
+
+def test_domain_names_and_lists_that_cannot_be_used():
+    model = _two_layer()
+    with pytest.raises(ValueError, match="contains '/'"):
+        mgs.GradientSurgery(model, domains=["math/easy"])
+    with pytest.raises(TypeError, match="not a set, whose order can differ between processes"):
+        mgs.GradientSurgery(model, domains={"a", "b"})
+    surgery = mgs.GradientSurgery(model, domains=None)
+    with pytest.raises(ValueError, match="contains '/'"):
+        surgery.domain("a/b")
+    with pytest.raises(TypeError, match="domain names are non-empty strings; got 3"):
+        surgery.domain(3)
+
+
+def test_small_input_checks():
+    import numpy as np
+
+    model = _two_layer()
+    surgery = mgs.GradientSurgery(model, domains=["a"], seed=np.int64(5))
+    assert surgery.options.seed == 5 and type(surgery.options.seed) is int
+    surgery.apply(step=np.int32(2))
+    assert surgery.step == 3
+    with pytest.raises(ValueError, match="step must be >= 0; got -1"):
+        surgery.apply(step=-1)
+    with pytest.raises(TypeError, match="step must be an integer; got 1.5"):
+        surgery.apply(step=1.5)
+    with pytest.raises(ValueError, match="bucket_cap must be an integer number of elements >= 512; got 1000.5"):
+        mgs.GradientSurgery(model, domains=["a"], bucket_cap=1000.5)
+    sparse = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 1))
+    with pytest.raises(ValueError, match="module '0' \\(Embedding\\) has sparse=True"):
+        mgs.GradientSurgery(sparse, domains=["a"])
+    complex_model = torch.nn.Linear(2, 2).to(torch.complex64)
+    with pytest.raises(TypeError, match="parameter 'weight' is complex"):
+        mgs.GradientSurgery(complex_model, domains=["a"])
+
+
+def test_a_second_thread_inside_a_context_is_an_error():
+    import threading
+
+    surgery = mgs.GradientSurgery(_two_layer(), domains=["a", "b"])
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def first():
+        with surgery.domain("a"):
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(5)
+    try:
+        with surgery.domain("b"):
+            pass
+    except RuntimeError as error:
+        errors.append(str(error))
+    release.set()
+    thread.join()
+    assert errors and "contexts do not nest" in errors[0]
+
+
+def test_overflowing_gram_is_reported_as_overflow():
+    model = torch.nn.Linear(512, 1, bias=False)
+    surgery = mgs.GradientSurgery(model, domains=["a"], on_nonfinite="raise")
+    with surgery.domain("a"):
+        (model(torch.full((1, 512), 1e20)) * 1.0).sum().backward()  # every gradient entry 1e20: finite
+    with pytest.raises(FloatingPointError, match="finite, but their squared norms overflow"):
+        surgery.apply()
+
+
+def test_gradients_written_by_hand_inside_a_context_are_kept():
+    """Writing into p.grad inside a domain context (no backward, no hook) still counts: its bucket is touched."""
+    model = _two_layer()
+    surgery = mgs.GradientSurgery(model, domains=["a"])
+    with surgery.domain("a"):
+        model[2].bias.grad.add_(1.0)
+    surgery.apply()
+    assert torch.equal(model[2].bias.grad, torch.ones(2))

@@ -311,8 +311,8 @@ def compare_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
     t_build = time.perf_counter() - t0
     records = {name: record_pre_clip_grads(w.actor.engine) for name, w in workers.items()}
 
-    def batch(advantage_domain: str | None = None):
-        data = make_batch(job["batch_size"], seed=job["seed"], labels=job.get("labels"))
+    def batch(advantage_domain: str | None = None, labels=None):
+        data = make_batch(job["batch_size"], seed=job["seed"], labels=labels or job.get("labels"))
         if advantage_domain is not None:
             keep = torch.tensor([d == advantage_domain for d in data.non_tensor_batch["data_source"]])
             data.batch["advantages"] = data.batch["advantages"] * keep[:, None]
@@ -329,13 +329,13 @@ def compare_job(rank: int, world_size: int, out_dir: str, job: dict) -> None:
         log_probs.update({f"{k}_entropy": tu.get(outs[k], "entropy").values().clone() for k in ("stock", "mgs")})
 
     def update(worker, scenario, advantage_domain=None):
-        td = actor_input(batch(advantage_domain), stock_cfg)  # the same actor settings in every worker
+        td = actor_input(batch(advantage_domain, scenario.get("labels")), stock_cfg)  # the same actor settings everywhere
         if scenario.get("layout") == "v1":
             td = to_v1_layout(td)
         td = dp_shard(td, world_size, rank)
         if "step" in scenario and worker is not workers["stock"]:
             worker.actor.engine._mgs_step = scenario["step"]  # the surgery step this update uses
-        scenario = {k: v for k, v in scenario.items() if k not in ("layout", "expect_error", "step")}
+        scenario = {k: v for k, v in scenario.items() if k not in ("layout", "expect_error", "step", "labels")}
         output = worker.update_actor(set_scenario(worker, td, **scenario))
         return float(tu.get(output, "metrics")["loss"][0]) if rank == 0 else None
 

@@ -55,7 +55,10 @@ SCENARIOS_DP2 = [s for s in SCENARIOS if s["dynamic"] or s["no_sync"] or s["loss
 # 12 rows: rank 0 gets the first 6 at DP=2, so only rank 0 has "math"
 LABELS = ["chat", "code", "math", "chat", "code", "math", "chat", "code", "chat", "code", "chat", "chat"]
 SURGERY = "+actor_rollout_ref.actor.fsdp_config.surgery="
-JOB = dict(scenarios=SCENARIOS + [REFUSED], labels=LABELS, batch_size=12, seed=0,
+# a row without a domain in the last 6 rows: on rank 1 only at DP=2, which must not leave rank 0 waiting
+NO_DOMAIN = dict(dynamic=False, no_sync=False, loss_agg_mode="token-mean", expect_error=True,
+                 labels=LABELS[:9] + [None] + LABELS[10:])
+JOB = dict(scenarios=SCENARIOS + [REFUSED, NO_DOMAIN], labels=LABELS, batch_size=12, seed=0,
            variants={"none": [SURGERY + "none"], "modular": [SURGERY + "modular"]})
 TOL = 1e-5
 
@@ -70,7 +73,8 @@ def rel(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     """The DP=1 and DP=2 jobs, started together (three processes share the cores; each job mostly imports)."""
-    specs = {1: dict(JOB, domain_grads=True, ref_external_lib=True), 2: dict(JOB, scenarios=SCENARIOS_DP2 + [REFUSED])}
+    specs = {1: dict(JOB, domain_grads=True, ref_external_lib=True),
+             2: dict(JOB, scenarios=SCENARIOS_DP2 + [REFUSED, NO_DOMAIN])}
     saved = os.environ.get("OMP_NUM_THREADS")  # launch() sets and restores it; two threads could interleave
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -178,6 +182,16 @@ def test_reference_model_builds_with_model_external_lib(dp1):
 def test_micro_batch_dependent_normaliser_is_refused(result):
     """seq-mean-token-sum-norm without loss_scale_factor on jagged responses: stock divides each micro-batch
     by its own longest response, so no per-domain split can reproduce it (measured: 13-23% off)."""
-    (run,) = [run for run in result["runs"] if run["scenario"].get("expect_error")]
+    (run,) = [run for run in result["runs"] if run["scenario"].get("expect_error") and "labels" not in run["scenario"]]
     for name in ("none", "modular"):
         assert "loss_scale_factor" in run[f"{name}_error"]
+
+
+def test_a_row_without_a_domain_on_one_rank_is_one_error_on_every_rank(result, request):
+    """The bad row is on rank 1 only at DP=2: rank 0 (whose result this is) raises the same error, naming rank 1
+    and the row, instead of waiting in the next collective until the process-group timeout."""
+    (run,) = [run for run in result["runs"] if "labels" in run["scenario"]]
+    bad_rank = 1 if "dp2" in request.node.name else 0
+    for name in ("none", "modular"):
+        message = run[f"{name}_error"]
+        assert message and f"rank {bad_rank}: " in message and "have no domain (None or empty)" in message, message

@@ -205,3 +205,13 @@ def test_surgery_mixture_and_reward_read_the_same_domain_key():
     assert score(data_source="chat", solution_str="so \\boxed{2}", ground_truth="2", extra_info={"domain": "math"}) == 1.0
     with pytest.raises(KeyError, match=r"reward_kwargs.domain_key='extra_info.domain'.*has no key 'domain'"):
         score(data_source="math", solution_str="x", ground_truth="2", extra_info={"task": "math"})
+
+
+def test_surgery_settings_on_verls_own_engine_config_are_an_error_not_ignored():
+    """Surgery settings without the MGS engine config (`_target_` left at verl's FSDPEngineConfig) fail when verl
+    builds the config, naming the setting, instead of training without surgery."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = compose(ARMS[0], ["actor_rollout_ref.actor.fsdp_config._target_=verl.workers.config.FSDPEngineConfig"])
+    with pytest.raises(Exception, match="surgery"):
+        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)

@@ -39,7 +39,19 @@ def test_row_errors_name_the_key_and_what_is_there():
         index.of_row({"prompt": "p"})
     with pytest.raises(KeyError, match=r"has no key 'domain' \(it holds \['task'\]\)"):
         index.of_row({"extra_info": {"task": "x"}})
-    with pytest.raises(ValueError, match=r"a row has no domain \(None\)"):
+    with pytest.raises(ValueError, match=r"1 of 1 rows have no domain \(None or empty\): row 0: None"):
         index.of_row({"extra_info": {"domain": None}})
     with pytest.raises(ValueError, match="duplicates"):
         DomainIndex("d", ["a", "a"])
+
+
+def test_values_that_are_not_domain_names_are_one_error_naming_them():
+    index = DomainIndex("domain", key_setting="cfg.key")
+    with pytest.raises(ValueError, match=r"cfg.key='domain': 2 of 3 rows have no domain \(None or empty\): "
+                                         r"row 0: None, row 2: ''"):
+        index.of_values([None, "math", ""])
+    with pytest.raises(ValueError, match=r"domain names are non-empty strings, but 2 of 3 rows hold other values "
+                                         r"\(row 0: 0, row 2: 1\); cast the column to strings. A datasets ClassLabel"):
+        index.of_values([0, "math", 1])  # what a ClassLabel column gives
+    with pytest.raises(ValueError, match="contains '/'"):
+        index.discover(["math/easy", "chat"])
