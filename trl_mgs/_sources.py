@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from mgs.integration import DomainIndex
 from trl_mgs.config import MGSGRPOConfig, mgs_fields
@@ -110,7 +110,9 @@ def plan_domains(config: MGSGRPOConfig, *, train_dataset: Any, eval_dataset: Any
             "MGSGRPOConfig.domains, the list of those names), set MGSGRPOConfig.domains to one name if the "
             f"environment is a single domain, {_STOCK_HINT}."
         )
-    names = getattr(train_dataset, "column_names", None)
+    if not isinstance(train_dataset, (Dataset, IterableDataset)):  # GRPOTrainer's own check, before it loads models
+        raise TypeError(f"`train_dataset` must be a `Dataset` or `IterableDataset`, got `{type(train_dataset).__name__}`.")
+    names = train_dataset.column_names
     if names is None:  # a stream whose columns are unknown until read
         if column.domains is None:
             raise ValueError("MGSGRPOConfig.domains must be set when the training dataset has no column list "
@@ -155,7 +157,8 @@ def _check_eval_sets(column: DomainIndex, domains: Sequence[str], eval_dataset: 
                 "or filter the eval set."
             )
     if without:
+        verb, it = ("has", "it") if len(without) == 1 else ("have", "them")
         warnings.warn(
-            f"{', '.join(without)} has no domain column {column.field!r}: evaluate() runs on it as GRPOTrainer does, "
-            "without the per-domain metrics (eval_mgs/reward/{domain}/mean, ...).", UserWarning, stacklevel=3,
+            f"{', '.join(without)} {verb} no domain column {column.field!r}: evaluate() runs on {it} as GRPOTrainer "
+            "does, without the per-domain metrics (eval_mgs/reward/{domain}/mean, ...).", UserWarning, stacklevel=4,
         )

@@ -143,6 +143,8 @@ REFUSALS = {
     "surgery none, a named column missing": (
         lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), surgery="none", domain_column="task", **COMMON)),
         ValueError, r"no domain column 'task'"),
+    "a DatasetDict as the training set": (lambda p: dict(train_dataset={"train": dataset()}), TypeError,
+                                          r"`train_dataset` must be a `Dataset` or `IterableDataset`, got `dict`"),
     "unlisted domains": (lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), domains=["chat"], **COMMON)),
                          ValueError, r"domains \['code', 'math'\] that MGSGRPOConfig.domains \['chat'\]"),
     "fsdp": (lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), fsdp="full_shard", **COMMON)),
@@ -209,6 +211,20 @@ def test_surgery_none_without_a_domain_column_is_grpo_trainer(tmp_path, grad_acc
     assert not any(k.startswith("mgs/") for h in trainer.state.log_history for k in h)
 
 
+def test_surgery_none_without_domains_saves_and_resumes_as_stock(tmp_path):
+    """Its checkpoints are GRPOTrainer's (no surgery state file) and it resumes from them."""
+    settings = COMMON | {"surgery": "none", "save_strategy": "steps", "save_steps": 1}
+    cls = make_stub_mgs_trainer_class()
+    first, _ = _run(cls, MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **settings), _no_domain_dataset(),
+                    reward_funcs=[_text_reward])
+    checkpoint = tmp_path / "checkpoint-1"
+    assert (checkpoint / "trainer_state.json").exists() and not list(checkpoint.glob("mgs_surgery*"))
+    resumed = cls(model=tiny_model(), reward_funcs=[_text_reward], args=MGSGRPOConfig(output_dir=str(tmp_path),
+                  max_steps=2, **settings), train_dataset=_no_domain_dataset(), processing_class=tiny_tokenizer())
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 2 and resumed.surgery is None
+
+
 # ---------------------------------------------------------------------- 3. eval sets
 def _eval_rows(with_domain: bool):
     rows = [{"prompt": f"what is {i}+1?", "domain": "math"} for i in range(2)]
@@ -238,6 +254,23 @@ def test_an_eval_set_without_the_domain_column_evaluates_as_stock(tmp_path):
     trained.train()
     evals = [h for h in trained.state.log_history if "eval_reward" in h]
     assert len(evals) == 2 and trained.state.global_step == 2
+
+
+def test_dict_eval_sets_with_and_without_domains(tmp_path):
+    """A dict of eval sets, evaluated during training: the one whose rows carry domains logs eval_mgs/ keys, the one
+    without the column is evaluated as stock."""
+    args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, eval_strategy="steps", eval_steps=1,
+                         per_device_eval_batch_size=8, **COMMON)
+    with pytest.warns(UserWarning, match=r"eval_dataset\['plain'\] has no domain column 'domain'"):
+        trainer = make_stub_mgs_trainer_class()(
+            model=tiny_model(), reward_funcs=[_text_reward], args=args, train_dataset=dataset(),
+            eval_dataset={"mixed": _eval_rows(with_domain=True), "plain": _eval_rows(with_domain=False)},
+            processing_class=tiny_tokenizer())
+    trainer.train()
+    (mixed,) = [h for h in trainer.state.log_history if "eval_mixed_loss" in h]
+    (plain,) = [h for h in trainer.state.log_history if "eval_plain_loss" in h]
+    assert mixed["eval_mgs/reward/math/mean"] is not None and mixed["eval_mgs/reward/code/mean"] is not None
+    assert "eval_reward" in plain and not any(k.startswith("eval_mgs/") for k in plain)
 
 
 def test_eval_rows_with_domains_log_per_domain_rewards(tmp_path):
