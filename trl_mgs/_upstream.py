@@ -17,6 +17,11 @@ TRANSFORMERS_VERSIONS = ("5.10", "5.11")
 """Supported transformers: ``>=5.10,<5.11`` (the tested one, which serves trl 1.16 and verl 0.9.1)."""
 
 TRL_SEAMS = (
+    # read by name: a positional call is bound to these parameters before the parent builds anything
+    Seam("trl:GRPOTrainer.__init__", "override",
+         ("model", "reward_funcs", "args", "train_dataset", "eval_dataset", "processing_class",
+          "reward_processing_classes", "callbacks", "optimizers", "quantization_config", "peft_config", "tools",
+          "rollout_func", "environment_factory")),
     Seam("trl:GRPOTrainer._generate_and_score_completions", "override", ("inputs",)),
     Seam("trl:GRPOTrainer._prepare_inputs", "override", ("generation_batch",)),
     Seam("trl:GRPOTrainer._calculate_rewards", "override", ("inputs", "prompts", "completions", "completion_ids_list")),
@@ -28,6 +33,7 @@ TRL_SEAMS = (
     Seam("trl:GRPOTrainer.compute_loss", "override", ("model", "inputs", "return_outputs", "num_items_in_batch")),
     Seam("trl:GRPOTrainer.training_step", "override", ("model", "inputs", "num_items_in_batch")),
     Seam("trl.trainer.utils:split_tensor_dict", "call", ("tensor_dict", "num_chunks")),
+    Seam("trl.trainer.utils:get_config_model_id", "call", ("config",)),  # args=None: GRPOTrainer's default name
 )
 
 TRANSFORMERS_SEAMS = (
@@ -36,9 +42,10 @@ TRANSFORMERS_SEAMS = (
 )
 
 TRAINER_ATTRIBUTES = ("_buffered_inputs", "_step", "_metrics", "_signature_columns", "aux_loss_enabled",
-                      "reward_weights")
+                      "reward_weights", "environments")
 """Attributes of a built ``GRPOTrainer`` that the trainer reads (``_buffered_inputs``, ``_step``: the generation
-buffer and its position; ``_metrics``: TRL's metric lists; ``_signature_columns``: the kept dataset columns)."""
+buffer and its position; ``_metrics``: TRL's metric lists; ``_signature_columns``: the kept dataset columns;
+``environments``: each rollout's environment instance, ``None`` without ``environment_factory``)."""
 
 
 def check() -> None:

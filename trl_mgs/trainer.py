@@ -16,18 +16,22 @@ steps.
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from accelerate.utils import DistributedType, gather
-from trl import GRPOTrainer
-from trl.trainer.utils import split_tensor_dict
+from accelerate.utils import DistributedType, gather, parse_flag_from_env
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import get_config_model_id, split_tensor_dict
 
 import mgs
 from mgs.integration import domain_moments, domain_summary, load_surgery_state, save_surgery_state, scalar_metrics
 from trl_mgs import _upstream
-from trl_mgs.config import MGSGRPOConfig
+from trl_mgs._sources import DomainSource, plan_domains
+from trl_mgs.config import MGSGRPOConfig, mgs_fields
 
 DOMAIN_IDS = "mgs_domain_ids"
 """Key of the per-row domain index in TRL's generation batch (it survives buffering, shuffling and splitting)."""
@@ -86,61 +90,116 @@ def _scatter_rows(parts: list[torch.Tensor | None], rows: list[torch.Tensor], n:
     return out.requires_grad_(parts[0].requires_grad)
 
 
+_GRPO_INIT = inspect.signature(GRPOTrainer.__init__)
+
+
+def _grpo_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``GRPOTrainer.__init__``'s arguments by name, however they were passed (a wrong call raises as stock's)."""
+    bound = _GRPO_INIT.bind(None, *args, **kwargs)
+    return {name: value for name, value in bound.arguments.items() if name != "self"}
+
+
+def _mgs_config(config: Any, model: Any) -> MGSGRPOConfig:
+    """The trainer's config: ``config`` itself; for ``None``, ``GRPOTrainer``'s default (output directory
+    ``{model name}-GRPO``) as an ``MGSGRPOConfig``; a plain ``GRPOConfig`` carried over, with a warning."""
+    if isinstance(config, MGSGRPOConfig):
+        return config
+    if config is None:
+        name = model if isinstance(model, str) else get_config_model_id(config=model.config)
+        return MGSGRPOConfig(f"{name.split('/')[-1]}-GRPO")
+    if isinstance(config, GRPOConfig):
+        defaults = ", ".join(f"{name}={f.default!r}" for name, f in mgs_fields().items())
+        warnings.warn(
+            f"MGSGRPOTrainer got a {type(config).__name__}, not an MGSGRPOConfig: every field is carried over into an "
+            f"MGSGRPOConfig, with the surgery settings at their defaults ({defaults}). Pass an MGSGRPOConfig, or "
+            "MGSGRPOConfig.from_grpo_config(config, surgery=...), to choose them.", UserWarning, stacklevel=3,
+        )
+        return MGSGRPOConfig.from_grpo_config(config)
+    raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig (a GRPOConfig is carried over); got "
+                    f"{type(config).__name__}. Build MGSGRPOConfig(output_dir=..., ...) with the same fields.")
+
+
+_SUPPORTED_DISTRIBUTED = ("MGSGRPOTrainer supports one process and DDP (distributed type MULTI_CPU / MULTI_GPU / "
+                          "...); got {}. For FSDP2, use mgs.GradientSurgery directly on a fully_shard model "
+                          "(docs/core.md).")
+
+
+def _refuse_sharded_setups(config: MGSGRPOConfig) -> None:
+    """Refuse, before any model is loaded, a sharded strategy the config or the launcher asks for: FSDP's and
+    DeepSpeed's hooks would reduce every domain's backward into whichever buffer is active."""
+    asked = None
+    if config.deepspeed:
+        asked = f"DeepSpeed (MGSGRPOConfig.deepspeed={config.deepspeed!r})"
+    elif parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        asked = "DeepSpeed (ACCELERATE_USE_DEEPSPEED, set by accelerate launch)"
+    elif config.fsdp:
+        asked = f"FSDP (MGSGRPOConfig.fsdp={config.fsdp!r})"
+    elif parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        asked = "FSDP (ACCELERATE_USE_FSDP, set by accelerate launch)"
+    else:
+        state = getattr(config, "distributed_state", None)
+        kind = getattr(state, "distributed_type", DistributedType.NO)
+        if kind != DistributedType.NO and not kind.name.startswith("MULTI_"):
+            asked = str(kind)
+    if asked is not None:
+        raise NotImplementedError(_SUPPORTED_DISTRIBUTED.format(asked))
+
+
 class MGSGRPOTrainer(GRPOTrainer):
-    """A drop-in ``GRPOTrainer`` for multi-domain data: pass an :class:`MGSGRPOConfig` and a dataset with a
-    domain column. ``surgery="none"`` trains exactly like ``GRPOTrainer``."""
+    """A drop-in ``GRPOTrainer`` for multi-domain data: the same arguments, an :class:`MGSGRPOConfig` (``args=None``
+    builds one; a ``GRPOConfig`` is carried over with a warning), and a domain per rollout, from a dataset column,
+    an environment attribute or ``MGSGRPOConfig.domains`` (:mod:`trl_mgs._sources`). ``surgery="none"`` trains
+    exactly like ``GRPOTrainer``; on data without domains it is ``GRPOTrainer``.
+
+    Every refusal that needs no model (config type, sharded strategies, the domain source and the data's domains,
+    eval sets) comes before the parent's ``__init__`` loads anything."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, MGSGRPOConfig):
-            raise TypeError(f"MGSGRPOTrainer needs an MGSGRPOConfig; got {type(self.args).__name__}.")
-        kind = self.accelerator.distributed_type
+        call = _grpo_arguments(args, kwargs)
+        call["args"] = config = _mgs_config(call.get("args"), call["model"])
+        _refuse_sharded_setups(config)
+        source = plan_domains(config, train_dataset=call.get("train_dataset"), eval_dataset=call.get("eval_dataset"),
+                              environment_factory=call.get("environment_factory"))
+        self.domain_source: DomainSource | None = source  # read by the hooks below, some of them during training only
+        self.surgery: mgs.GradientSurgery | None = None
+        self.orders_by_domain = False
+        super().__init__(**call)
+        kind = self.accelerator.distributed_type  # what accelerate finally chose (e.g. from its config file)
         if kind != DistributedType.NO and not kind.name.startswith("MULTI_"):
-            # FSDP's and DeepSpeed's hooks reduce every domain's backward into whichever buffer is active.
-            raise NotImplementedError(
-                f"MGSGRPOTrainer supports one process and DDP (distributed type MULTI_CPU / MULTI_GPU / ...); got {kind}. "
-                "For FSDP2, use mgs.GradientSurgery directly on a fully_shard model (docs/core.md)."
-            )
+            raise NotImplementedError(_SUPPORTED_DISTRIBUTED.format(kind))
         _upstream.check_trainer(self)
+        self._captured: list | None = None
+        self._row_domains: torch.Tensor | None = None
+        if source is None:  # surgery="none" on data without domains: GRPOTrainer, untouched
+            return
         # DDP: forward and backward run under no_sync(); surgery averages each domain over the ranks.
         dp_process_group = torch.distributed.group.WORLD if self.accelerator.num_processes > 1 else None
-        self.domain_index = self.args.domain_index()
-        domains = self._domains_in_dataset()
         # Domain-pure micro-batches leave the gradient unchanged unless a term depends on the micro-batch's make-up.
         self.orders_by_domain = (self.args.order_by_domain and self.args.loss_type != "bnpo"
                                  and self.args.top_entropy_quantile >= 1.0 and not self.aux_loss_enabled)
-        options = self.args.surgery_options(domains=domains)
+        options = self.args.surgery_options(domains=list(source.domains))
         self.surgery = mgs.GradientSurgery(self.model, **vars(options), dp_process_group=dp_process_group)
-        self._captured: list | None = None
-        self._row_domains: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ domains from the data
-    def _domains_in_dataset(self) -> tuple[str, ...]:
-        """The configured domains, checked against the training set, or the training set's sorted distinct domains.
-        A dataset without a column list (an IterableDataset) cannot be read ahead: it needs configured domains."""
-        index, dataset = self.domain_index, self.train_dataset
-        names = getattr(dataset, "column_names", None)
-        if names is None:
-            if index.domains is None:
-                raise ValueError("MGSGRPOConfig.domains must be set when the training dataset has no column list "
-                                 "(e.g. an IterableDataset).")
-            return index.domains
-        if index.field not in names:
-            raise index.missing_field(names, ValueError)
-        return index.discover(index.of_values(dataset[index.field]))
-
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        column = self.domain_index.field
-        if column not in self._signature_columns:  # keep it under remove_unused_columns=True
-            self._signature_columns = [*self._signature_columns, column]
+        source = self.domain_source
+        if source is not None and source.kind == "column" and source.index.field not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, source.index.field]  # kept: remove_unused_columns
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs=inputs)
-        ids = self.domain_index.ids(self.domain_index.of_rows(inputs), self.surgery.domains)
-        output[DOMAIN_IDS] = torch.tensor(ids, device=self.accelerator.device)
-        if self.model.training:
-            self._log_domain_metrics(output[DOMAIN_IDS], output["completion_mask"].sum(dim=1))
+        if self.surgery is None:
+            return output
+        training = self.model.training
+        labels = self.domain_source.labels(inputs, self.environments, training=training)
+        if labels is None:  # an eval set without the domain column: evaluated as stock, no per-domain metrics
+            return output
+        output[DOMAIN_IDS] = torch.tensor(self.domain_source.ids(labels), device=self.accelerator.device)
+        mask = output["completion_mask"]
+        if output.get("tool_mask") is not None:  # count the model's tokens only, as TRL's completion lengths do
+            mask = mask * output["tool_mask"]
+        self._log_domain_metrics("train" if training else "eval", output[DOMAIN_IDS], mask.sum(dim=1))
         return output
 
     def _prepare_inputs(self, generation_batch):
@@ -158,15 +217,20 @@ class MGSGRPOTrainer(GRPOTrainer):
         self._rewards_per_func = rewards_per_func  # already gathered over ranks, in rank order
         return rewards_per_func
 
-    def _log_domain_metrics(self, local_ids: torch.Tensor, local_lengths: torch.Tensor) -> None:
-        """Per-domain reward mean/std and completion length over the whole generation batch (all ranks)."""
+    def _log_domain_metrics(self, mode: str, local_ids: torch.Tensor, local_lengths: torch.Tensor) -> None:
+        """Per-domain reward mean/std and completion length over the whole generation batch (all ranks), into TRL's
+        ``mode`` metrics (``"eval"``: logged with TRL's ``eval_`` prefix). Rows no reward function scored (all None)
+        are left out of the rewards, as TRL leaves them out of ``reward``."""
         ids, lengths = gather(local_ids), gather(local_lengths).float()  # same rank order as the rewards
-        weights = self.reward_weights.to(self._rewards_per_func.device).unsqueeze(0)
-        rewards = (self._rewards_per_func * weights).nansum(dim=1)  # the scalar reward GRPO uses
+        rewards_per_func = self._rewards_per_func
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)  # the scalar reward GRPO uses
+        scored = ~torch.isnan(rewards_per_func).all(dim=1)
         k, domains = len(self.surgery.domains), self.surgery.domains
-        moments = torch.stack([domain_moments(rewards, ids, k), domain_moments(lengths, ids, k)])
+        ids = ids.to(rewards.device)
+        moments = torch.stack([domain_moments(rewards[scored], ids[scored], k), domain_moments(lengths, ids, k)])
         summary = domain_summary(moments, domains, [("reward_mean", "reward_std"), ("completion_length", None)])
-        metrics = self._metrics["train"]
+        metrics = self._metrics[mode]
         for key, value in summary.items():
             metrics[key].append(value)
 
@@ -203,11 +267,13 @@ class MGSGRPOTrainer(GRPOTrainer):
         return leaves
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.model.training:
+        if self.surgery is not None and self.model.training:
             self._row_domains = inputs[DOMAIN_IDS]
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch):
+        if self.surgery is None:
+            return super().training_step(model, inputs, num_items_in_batch)
         self._captured = []
         with self.accelerator.no_sync(model):  # DDP decides at forward time; surgery reduces per domain instead
             try:
@@ -248,12 +314,14 @@ class MGSGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ checkpoints
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir=output_dir)
+        if self.surgery is None:
+            return
         os.makedirs(output_dir, exist_ok=True)  # every rank writes its own file: nodes need not share a filesystem
         save_surgery_state(output_dir, self.accelerator.process_index, self.surgery.state_dict())
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint=checkpoint)
-        if checkpoint is not None:
+        if checkpoint is not None and self.surgery is not None:
             state = load_surgery_state(checkpoint, self.accelerator.process_index)
             self.surgery.load_state_dict(state["surgery"])
 
@@ -261,3 +329,6 @@ class MGSGRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         for key, value in scalar_metrics(stats).items():
             metrics[key].append(value)
+
+
+MGSGRPOTrainer.__init__.__signature__ = _GRPO_INIT  # help() and IDEs show GRPOTrainer's parameters

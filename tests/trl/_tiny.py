@@ -90,3 +90,107 @@ COMMON = dict(
     optim="sgd", learning_rate=0.5, max_grad_norm=0.0, bf16=False, gradient_checkpointing=False,
     dataloader_num_workers=0, disable_tqdm=True,
 )
+
+
+# ---------------------------------------------------------------------- tools and environments (TRL's own API)
+TOOL_CHARS = [c for c in __import__("string").printable if c not in "\t\r\x0b\x0c"]
+TOOL_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+
+
+def tool_tokenizer() -> PreTrainedTokenizerFast:
+    """A character tokenizer with Qwen3's chat template (shipped by TRL), which TRL knows how to parse tool calls of;
+    ``<|im_end|>`` is its EOS, as in Qwen."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from trl.chat_template_utils import qwen3_chat_template
+
+    vocab = {"<pad>": 0, "<|im_end|>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(TOOL_CHARS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    out = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>", unk_token="<unk>")
+    out.chat_template = qwen3_chat_template
+    return out
+
+
+def tool_model(seed: int = 0):
+    """The tiny Qwen2 over :data:`TOOL_CHARS`, with room for prompts that carry tool schemas."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(TOOL_CHARS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
+    )
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+
+
+class StubToolGeneration:
+    """Every other rollout's first turn calls the ``add`` tool; every other turn answers with a few characters."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        completions = []
+        for i, p in enumerate(prompt_ids):
+            after_tool = "<tool_response>" in self.processing_class.decode(p)
+            text = TOOL_CALL if i % 2 == 0 and not after_tool else "ok" + "x" * ((sum(p) + i) % 4)
+            completions.append(self.processing_class.encode(text) + [self.processing_class.eos_token_id])
+        return completions, None
+
+
+class StubToolGRPOTrainer(StubToolGeneration, GRPOTrainer):
+    pass
+
+
+def make_stub_tool_mgs_trainer_class():
+    from trl_mgs import MGSGRPOTrainer
+
+    class StubToolMGSGRPOTrainer(StubToolGeneration, MGSGRPOTrainer):
+        """Also records how many tool-result tokens (tool_mask 0) each generation batch held."""
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            tool_mask = output.get("tool_mask")
+            masked = 0 if tool_mask is None else int(((tool_mask == 0) & (output["completion_mask"] == 1)).sum())
+            self.__dict__.setdefault("tool_tokens", []).append(masked)
+            return output
+
+        def _backward_by_domain(self, capture):
+            self.__dict__.setdefault("domains_per_microbatch", []).append(len(capture.parts))
+            super()._backward_by_domain(capture)
+
+    return StubToolMGSGRPOTrainer
+
+
+ENV_DOMAINS = ["code", "math"]
+
+
+def math_code_environment(records: list, num_generations: int = 2):
+    """An environment factory in TRL's API whose environment owns the data: ``reset()`` draws each prompt group's
+    task (code or math, alternating) and sets ``self.domain``; the ``add`` tool counts its calls; ``get_reward`` scores
+    the rollout from that state and appends ``(domain, reward)`` to ``records``."""
+    count = [0]
+
+    class MathCodeEnv:
+        def reset(self, **kwargs) -> str:
+            self.domain = ENV_DOMAINS[(count[0] // num_generations) % 2]
+            count[0] += 1
+            self.calls = 0
+            return f" {self.domain} task {count[0]}"
+
+        def add(self, a: int, b: int) -> int:
+            """Add two integers.
+
+            Args:
+                a: The first.
+                b: The second.
+
+            Returns:
+                The sum.
+            """
+            self.calls += 1
+            return a + b
+
+        def get_reward(self) -> float:
+            reward = float(self.calls) + (0.5 if self.domain == "math" else -0.25)
+            records.append((self.domain, reward))
+            return reward
+
+    return MathCodeEnv
