@@ -192,15 +192,35 @@ class MGSGRPOTrainer(GRPOTrainer):
         if self.surgery is None:
             return output
         training = self.model.training
-        labels = self.domain_source.labels(inputs, self.environments, training=training)
-        if labels is None:  # an eval set without the domain column: evaluated as stock, no per-domain metrics
+        problem = None
+        try:
+            labels = self.domain_source.labels(inputs, self.environments, training=training)
+            ids = None if labels is None else self.domain_source.ids(labels)
+        except (KeyError, TypeError, ValueError) as error:
+            problem, ids = error, []
+        self._raise_on_every_rank(problem)
+        if ids is None:  # an eval set without the domain column: evaluated as stock, no per-domain metrics
             return output
-        output[DOMAIN_IDS] = torch.tensor(self.domain_source.ids(labels), device=self.accelerator.device)
+        output[DOMAIN_IDS] = torch.tensor(ids, device=self.accelerator.device)
         mask = output["completion_mask"]
         if output.get("tool_mask") is not None:  # count the model's tokens only, as TRL's completion lengths do
             mask = mask * output["tool_mask"]
         self._log_domain_metrics("train" if training else "eval", output[DOMAIN_IDS], mask.sum(dim=1))
         return output
+
+    def _raise_on_every_rank(self, problem: Exception | None) -> None:
+        """Raise ``problem`` here and the same error on every other rank (one small object gather under DDP), so
+        a bad row on one rank does not leave the others waiting in the next collective."""
+        if self.accelerator.num_processes == 1:
+            if problem is not None:
+                raise problem
+            return
+        from accelerate.utils import gather_object
+
+        reasons = gather_object([None if problem is None else f"{type(problem).__name__}: {problem}"])
+        failed = [f"rank {rank}: {reason}" for rank, reason in enumerate(reasons) if reason is not None]
+        if failed:
+            raise ValueError(f"rows' domains could not be read on every rank: {'; '.join(failed)}") from problem
 
     def _prepare_inputs(self, generation_batch):
         before = self._buffered_inputs

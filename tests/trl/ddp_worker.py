@@ -15,7 +15,7 @@ from trl_mgs import MGSGRPOConfig  # noqa: E402
 
 
 def run(cls, config_cls, out, **kw):
-    args = config_cls(output_dir=out, max_steps=2, **(COMMON | {"per_device_train_batch_size": 4} | kw))
+    args = config_cls(output_dir=out, **(COMMON | {"per_device_train_batch_size": 4, "max_steps": 2} | kw))
     recorder = GradRecorder()
     trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
                   processing_class=tiny_tokenizer(), callbacks=[recorder])
@@ -34,3 +34,21 @@ modular, modular_grads = run(make_stub_mgs_trainer_class(), MGSGRPOConfig, out +
 stats = [h for h in modular.state.log_history if "mgs/conflict_frac" in h]
 torch.save({"stock": stock, "none": none, "modular": modular_grads, "stats": stats,
             "domains_per_microbatch": unsorted.domains_per_microbatch}, f"{out}/rank{rank}.pt")
+
+# a row whose domain cannot be read on rank 1 only: the same error on both ranks, no rank left waiting
+bad_cls = make_stub_mgs_trainer_class()
+
+
+class BadRowOnRank1(bad_cls):
+    def _generate_and_score_completions(self, inputs):
+        if rank == 1:
+            inputs = [dict(row, domain=None) if i == 0 else row for i, row in enumerate(inputs)]
+        return super()._generate_and_score_completions(inputs)
+
+
+try:
+    run(BadRowOnRank1, MGSGRPOConfig, out + "/bad", surgery="modular", max_steps=1)
+    bad_row = None
+except ValueError as error:
+    bad_row = str(error)
+torch.save({"bad_row": bad_row}, f"{out}/bad_rank{rank}.pt")

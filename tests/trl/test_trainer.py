@@ -289,6 +289,9 @@ def test_ddp_two_processes(tmp_path):
             assert torch.equal(a[n], b[n]), f"replicas diverge at step {step} on {n}"
     assert r0["stats"] and [h["mgs/conflict_frac"] for h in r0["stats"]] == [h["mgs/conflict_frac"] for h in r1["stats"]]
     assert max(r0["domains_per_microbatch"] + r1["domains_per_microbatch"]) >= 2
+    for r in (0, 1):  # a row without a domain on rank 1 only: one error on both ranks (before: rank 0 hung)
+        message = torch.load(tmp_path / f"bad_rank{r}.pt")["bad_row"]
+        assert message and "rank 1: ValueError:" in message and "have no domain (None or empty)" in message, message
 
 
 @pytest.mark.parametrize("extra,legacy", [({}, False), ({"surgery_gram_ema": 0.5, "surgery_balance": "norm"}, False),
