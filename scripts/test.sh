@@ -24,7 +24,7 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   "$PY" -m pip install --quiet "torch==$TORCH_VERSION"
 fi
-"$PY" -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
+"$PY" -W ignore -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"  # matches the CPU build's local version (2.13.0+cpu) too

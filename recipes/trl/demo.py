@@ -332,8 +332,8 @@ def markdown(summary: dict, args: MGSGRPOConfig) -> str:
     omp = timing["OMP_NUM_THREADS"]
     lines = [f"# demo run {summary['arm']}", "", describe(args), "",
              f"{steps} GRPO steps, seed {args.seed}; {timing['total_s']:.0f} s wall (warm start "
-             f"{timing['warm_start_s']:.0f} s, GRPO {timing['grpo_s']:.0f} s), {timing['torch_threads']} torch "
-             f"threads (OMP_NUM_THREADS={omp if omp is not None else 'unset'})",
+             f"{timing['warm_start_s']:.0f} s, GRPO {timing['grpo_s']:.0f} s); "
+             f"torch threads: {timing['torch_threads']} (OMP_NUM_THREADS={omp if omp is not None else 'unset'})",
              "", f"| domain | reward, first {n} steps | reward, last {n} steps | change |", "|---|---|---|---|"]
     rows = summary["table"]
     for d, r in rows.items():
