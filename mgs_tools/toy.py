@@ -6,6 +6,10 @@ Every domain shares one prompt format and one input, a string of digits, and dif
 one-letter tag that names the transform (``c:4821=`` → ``4821``, ``r:4821=`` → ``1284``,
 ``s:4821=`` → ``1248``). A small model must share its weights between transforms that disagree on
 most output positions, so the domains' gradients keep conflicting as training goes on.
+
+Command line (the inputs of docs/diagnose.md's worked examples): ``python -m mgs_tools.toy train --out DIR`` saves a
+toy model trained on every domain (:func:`train_toy`); ``python -m mgs_tools.toy sample --model DIR --out FILE.jsonl``
+writes GRPO-style rows, sampled completions with group-normalised advantages (:func:`grpo_rows`).
 """
 
 from __future__ import annotations
@@ -90,3 +94,111 @@ def score(completion: str, expected: str) -> float:
 def transform_reward(completions: list[str], domain: list[str], digits: list[str], **kwargs) -> list[float]:
     """TRL reward function: :func:`score` of each completion against its domain's transform of its digits."""
     return [score(c, target(d, x)) for c, d, x in zip(completions, domain, digits)]
+
+
+# -- a trained toy model and GRPO-style rows: the worked examples of docs/diagnose.md ------------------------------
+
+
+def train_toy(steps: int = 300, *, seed: int = 0, batch_size: int = 32, learning_rate: float = 3e-3,
+              rows_per_domain: int = 512) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """:func:`tiny_causal_lm` trained with AdamW on the completions of every toy domain (random batches of
+    ``batch_size`` rows from ``rows_per_domain`` rows per domain, ``domain_rows(..., seed=1)``), so that the
+    domains have something to disagree about. Returns the model (eval mode) and :func:`char_tokenizer`."""
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be >= 0 and batch_size >= 1; got steps={steps}, batch_size={batch_size}.")
+    torch.manual_seed(seed)
+    model, tokenizer = tiny_causal_lm(seed=seed), char_tokenizer()
+    rows = [r for d in TRANSFORMS for r in domain_rows(d, rows_per_domain, seed=1)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    for _ in range(steps):
+        batch = [rows[i] for i in torch.randint(len(rows), (batch_size,)).tolist()]
+        ids = torch.tensor([tokenizer(r["prompt"] + r["completion"])["input_ids"] + [tokenizer.eos_token_id]
+                            for r in batch])
+        labels = ids.clone()
+        labels[:, : len(batch[0]["prompt"])] = -100  # every toy prompt has the same length: train on completions
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+def grpo_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, *, prompts_per_domain: int = 8,
+              generations: int = 8, seed: int = 0, length: int = 4, max_new_tokens: int = 6,
+              temperature: float = 1.0) -> list[dict]:
+    """Rows as one GRPO step sees them: ``generations`` completions sampled per prompt, each with its reward
+    (:func:`score`) and its group-normalised advantage ``(r - mean) / (std + 1e-4)`` over its prompt's completions
+    (TRL's default scaling). Columns: ``domain``, ``prompt``, ``completion``, ``reward``, ``advantage``."""
+    torch.manual_seed(seed)
+    model.eval()
+    out = []
+    for domain in TRANSFORMS:
+        for row in domain_rows(domain, prompts_per_domain, length, seed=seed + 2):
+            ids = torch.tensor([tokenizer(row["prompt"])["input_ids"]] * generations)
+            with torch.no_grad():
+                sampled = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                         temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(sampled[:, ids.shape[1]:], skip_special_tokens=True)
+            rewards = [score(t, row["completion"]) for t in texts]
+            values = torch.tensor(rewards, dtype=torch.float64)
+            advantages = (values - values.mean()) / (values.std() + 1e-4)
+            out += [{"domain": domain, "prompt": row["prompt"], "completion": t, "reward": r,
+                     "advantage": round(float(a), 6)} for t, r, a in zip(texts, rewards, advantages)]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mgs_tools.toy train --out DIR`` (a trained toy model) and ``python -m mgs_tools.toy sample --model DIR
+    --out FILE.jsonl`` (GRPO-style rows with advantages): the inputs of docs/diagnose.md's worked examples."""
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m mgs_tools.toy", description=main.__doc__.split(":")[0] + ".",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the tiny toy model on every toy domain and save it",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--out", required=True, help="folder for the model and its tokenizer (save_pretrained)")
+    train.add_argument("--steps", type=int, default=300, help="AdamW steps")
+    train.add_argument("--batch-size", type=int, default=32, help="rows per step")
+    train.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW learning rate")
+    train.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling")
+    sample = commands.add_parser("sample", help="sample GRPO-style rows (completions with advantages) from a model",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sample.add_argument("--model", required=True, help="a folder written by `train`")
+    sample.add_argument("--out", required=True, help="the .jsonl file to write")
+    sample.add_argument("--prompts", type=int, default=8, help="prompts per domain")
+    sample.add_argument("--generations", type=int, default=8, help="completions per prompt (GRPO's group)")
+    sample.add_argument("--seed", type=int, default=0, help="prompts and sampling")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the weight loading and saving bars
+    if args.command == "train":
+        if args.steps < 0 or args.batch_size < 1:
+            parser.error(f"--steps must be >= 0 and --batch-size >= 1; got {args.steps} and {args.batch_size}.")
+        model, tokenizer = train_toy(args.steps, seed=args.seed, batch_size=args.batch_size,
+                                     learning_rate=args.learning_rate)
+        model.save_pretrained(args.out)
+        tokenizer.save_pretrained(args.out)
+        print(f"wrote {args.out}: the toy model after {args.steps} steps")
+        return
+    if not os.path.isdir(args.model):
+        parser.error(f"--model {args.model}: no such folder; write one with: python -m mgs_tools.toy train --out DIR")
+    if args.prompts < 1 or args.generations < 2:
+        parser.error(f"--prompts must be >= 1 and --generations >= 2 (advantages compare completions); got "
+                     f"{args.prompts} and {args.generations}.")
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.model)
+    rows = grpo_rows(model, tokenizer, prompts_per_domain=args.prompts, generations=args.generations, seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    mean = {d: sum(r["reward"] for r in rows if r["domain"] == d) / (args.prompts * args.generations) for d in TRANSFORMS}
+    print(f"wrote {args.out}: {len(rows)} rows; mean reward " + ", ".join(f"{d} {v:.3f}" for d, v in mean.items()))
+
+
+if __name__ == "__main__":
+    main()

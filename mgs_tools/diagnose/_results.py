@@ -163,9 +163,12 @@ class DiagnoseResult:
         return _report.table(self, per_module)
 
     def heatmap(self, path: str | os.PathLike) -> None:
-        """Write a PNG: one panel per domain pair, then one noise-floor panel per domain.
-
-        Rows are decoder layers (plus a row for modules outside the layers), columns module kinds.
-        Uses matplotlib's object API (no pyplot), so it never changes the caller's backend.
-        """
+        """Write :meth:`heatmap_figure` as a PNG."""
         _report.heatmap(self, path)
+
+    def heatmap_figure(self) -> Any:
+        """The heatmap as a matplotlib ``Figure``: a per-kind summary on top, then one panel per domain pair and one
+        noise-floor panel per domain (layers × module kinds), cell values only where they fit
+        (:func:`mgs_tools.diagnose._report.heatmap_figure`). Uses matplotlib's object API (no pyplot), so it never
+        changes the caller's backend."""
+        return _report.heatmap_figure(self)

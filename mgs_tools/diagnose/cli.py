@@ -16,6 +16,7 @@ from torch import nn
 
 from mgs._options import GRANULARITIES
 from mgs_tools.diagnose._measure import diagnose
+from mgs_tools.diagnose._report import legend
 from mgs_tools.diagnose._results import DiagnoseError
 
 JSON_NAME = "diagnose.json"
@@ -181,12 +182,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     json_path = os.path.join(args.output_dir, JSON_NAME)
     with open(json_path, "w") as f:
         json.dump(result.to_json(), f, indent=1, allow_nan=False)
-    print(result.table(per_module=args.per_module))
-    print(f"\nwrote {json_path}")
+    png_path = None
     if not args.no_plot:
         png_path = os.path.join(args.output_dir, PNG_NAME)
         result.heatmap(png_path)
-        print(f"wrote {png_path}")
+    print(result.table(per_module=args.per_module))
+    print(legend(json_path, png_path))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 from mgs_tools import toy  # noqa: E402
-from mgs_tools.diagnose import DiagnoseError, diagnose, main, split_halves  # noqa: E402
+from mgs_tools.diagnose import DiagnoseError, DiagnoseResult, ModuleInfo, diagnose, main, split_halves  # noqa: E402
+from mgs_tools.diagnose import _report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ["copy", "reverse", "sort"]
@@ -231,6 +232,11 @@ def test_cli_writes_json_png_and_table(tmp_path, capsys):
     assert all(len(p["cosine"]) == len(data["modules"]) for p in data["pairs"].values())
     assert data["settings"]["weight_key"] == "advantage" and data["settings"]["batch_size"] == 3
     assert (out / "diagnose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The output explains itself: what the columns mean, where the files are, where the docs are.
+    legend = printed.split("lm_head")[-1]
+    assert "noise floor: cosine between two disjoint halves" in legend and "denoised:" in legend
+    assert "Why training logs more conflict" in legend and "more: docs/diagnose.md" in legend
+    assert f"wrote {out / 'diagnose.json'}" in legend and f"wrote {out / 'diagnose.png'}" in legend
     # The same numbers as the Python API on the same model and rows (the rows went through a JSONL file).
     api = diagnose(toy.tiny_causal_lm(), toy.char_tokenizer(), rows, batch_size=3, max_rows=4,
                    weight_key="advantage", progress=False).to_json()
@@ -322,3 +328,56 @@ def test_module_entry_point_and_import_hygiene():
                 if line.startswith("import time:")}
     assert {"mgs", "torch"} <= imported
     assert not {"transformers", "datasets", "matplotlib"} & imported
+
+
+# -- the heatmap at real model sizes ------------------------------------------------------------------------
+
+
+def synthetic(layers: int, domains=("math", "chat", "code"), seed: int = 0) -> DiagnoseResult:
+    """A Qwen2-shaped result (9 modules a layer, embedding, final norm, lm_head) with random PSD Gram matrices."""
+    kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "input_layernorm",
+             "post_attention_layernorm"]
+    modules = [ModuleInfo("model.embed_tokens", None, "embed_tokens", "embedding", 8)]
+    modules += [ModuleInfo(f"model.layers.{n}.{k}", n, k, "attention", 8) for n in range(layers) for k in kinds]
+    modules += [ModuleInfo("model.norm", None, "norm", "norm", 8), ModuleInfo("lm_head", None, "lm_head", "other", 8)]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(modules), 2 * len(domains), 16, generator=g, dtype=torch.float64)
+    return DiagnoseResult(list(domains), modules, x @ x.transpose(1, 2), dict.fromkeys(domains, 8),
+                          dict.fromkeys(domains, 80), "synthetic", {"granularity": "module"})
+
+
+def _axes(fig, label):
+    return [ax for sub in fig.subfigs for ax in sub.axes if ax.get_label() == label]
+
+
+@pytest.mark.parametrize("layers, labelled", [(2, True), (28, True), (80, False)])
+def test_heatmap_stays_legible_at_real_sizes(layers, labelled):
+    pytest.importorskip("matplotlib")
+    result = synthetic(layers)
+    fig = result.heatmap_figure()
+    width, height = fig.get_size_inches()
+    rows = 2  # 3 pair panels + 3 floor panels, 3 a row
+    assert height <= rows * _report.PANEL_HEIGHT_MAX + 1.6 + 0.25 * 12 + 0.6 + 1e-9  # panels squeezed, not stretched
+    summary, = _axes(fig, "summary")
+    texts = [t for t in summary.texts]
+    kinds = _report.kind_summary(result)
+    assert len(texts) == len(kinds["kinds"]) * len(kinds["columns"])  # the per-kind panel always has its values
+    assert all(t.get_fontsize() >= _report.LABEL_POINTS_MIN for t in texts)
+    floor_chat = kinds["columns"].index("floor chat")
+    q = kinds["kinds"].index("q_proj")
+    want = float(result.noise_floor("chat")[[m.kind == "q_proj" for m in result.modules]].mean())
+    assert float(kinds["mean"][q, floor_chat]) == pytest.approx(want)
+    panels = _axes(fig, "panel")
+    assert len(panels) == 6
+    for ax in panels:
+        if labelled:
+            assert len(ax.texts) == layers * 9 + 3  # every module's cell, none for the empty ones
+            assert all(t.get_fontsize() >= _report.LABEL_POINTS_MIN for t in ax.texts)
+        else:
+            assert not ax.texts  # cells too small for a label at the minimum font size
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        assert ticks[-1] == "other"  # layer labels thinned to 8 points apart, so they do not overlap
+        assert len(ticks) <= 0.75 * _report.PANEL_HEIGHT_MAX * 72 / 8 + 2 and (layers < 40 or len(ticks) < layers)
+    import io
+
+    fig.savefig(io.BytesIO(), format="png", dpi=60)  # it draws
