@@ -113,6 +113,11 @@ def build_buckets(partition: Partition, shard_process_group: object | None, cap:
     return buckets
 
 
+def _remove_hooks(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+
+
 def _mark_touched(slot_ref: weakref.ref, param: torch.Tensor) -> None:
     slot = slot_ref()
     if slot is not None:
@@ -130,8 +135,9 @@ class DomainBuffers:
     Which parameters a backward reached is recorded on the host by a post-accumulate-grad hook per plain
     parameter (``Slot.touched``), so :func:`mgs._apply.combine_bucket` can leave ``p.grad = None`` for the
     others, as plain PyTorch does. Each of autograd's accumulations into a view is one in-place write, which
-    bumps the bucket's version counter once: more bumps than hook calls during a context mean someone wrote
-    into ``p.grad`` by hand (``p.grad.add_(g)``), and then every parameter of that bucket counts as touched.
+    bumps the bucket's version counter once: any other count during a context means someone wrote into
+    ``p.grad`` by hand (``p.grad.add_(g)``) or replaced it, and then every parameter of that bucket counts as
+    touched. (A write through ``p.grad.data`` bumps no counter and is not seen: write ``p.grad`` itself.)
     FSDP2 shards are written by FSDP2's reduce-scatter, which fires no hook.
     """
 
@@ -139,10 +145,9 @@ class DomainBuffers:
         self.buckets = build_buckets(partition, shard_process_group, cap)
         self._attached: list[tuple[Slot, torch.Tensor, torch.Tensor]] | None = None
         self._writes: list[tuple[Bucket, torch.Tensor, int, int]] = []
-        for b in self.buckets:
-            for slot in b.slots:
-                if slot.dtensor_spec is None:  # a weak reference: the hook must not keep the surgery alive
-                    slot.param.register_post_accumulate_grad_hook(partial(_mark_touched, weakref.ref(slot)))
+        handles = [slot.param.register_post_accumulate_grad_hook(partial(_mark_touched, weakref.ref(slot)))
+                   for b in self.buckets for slot in b.slots if slot.dtensor_spec is None]  # weak: no cycle to the slots
+        weakref.finalize(self, _remove_hooks, handles)  # a surgery built again on the same model adds none
 
     def slots(self):
         return (slot for b in self.buckets for slot in b.slots)
@@ -202,7 +207,7 @@ class DomainBuffers:
     def detach(self) -> None:
         """Take the gradients back from ``p.grad`` (copying them if something replaced our views)."""
         for b, target, version, fires in self._writes:
-            if target._version - version > sum(s.fires for s in b.slots) - fires:  # written by hand
+            if target._version - version != sum(s.fires for s in b.slots) - fires:  # written by hand (or replaced)
                 for slot in b.slots:
                     slot.touched = True
         self._writes = []

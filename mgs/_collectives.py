@@ -50,6 +50,16 @@ def gather_objects(obj: object, process_group: object | None = None) -> list[obj
     return gathered
 
 
+def any_rank(flag: bool, process_group: object | None, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank of ``process_group`` (one all_reduce and one host read; ``flag`` itself
+    outside torch.distributed)."""
+    if not is_distributed() or world_size(process_group) == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=process_group)
+    return bool(t.item())
+
+
 def check_same_everywhere(fingerprint: int, describe: Callable[[], object], process_groups: list[object],
                           device: torch.device, what: str) -> None:
     """Raise the same ``ValueError`` on every rank, naming each rank's ``describe()``, unless every rank of each

@@ -15,7 +15,8 @@ from torch import nn
 from mgs._apply import combine_bucket
 from mgs._balance import balance_scales, balanced_gram
 from mgs._buffers import BUCKET_CAP, CHUNK, DomainBuffers
-from mgs._collectives import average_replicas, check_same_everywhere, gather_objects, is_distributed, sum_partial_grams
+from mgs._collectives import (any_rank, average_replicas, check_same_everywhere, gather_objects, is_distributed,
+                              sum_partial_grams)
 from mgs._fsdp2 import check_fsdp2_layout, fsdp2_modules, held_back_gradients
 from mgs._gram import local_grams, without_nonfinite
 from mgs._gram_ema import GramEMA
@@ -254,7 +255,7 @@ class GradientSurgery:
         """No trainable parameter was added to, replaced in or unfrozen in the model after construction: its gradient
         would be left out of surgery (and, replicated, not averaged over the ranks)."""
         self._check_parameter_types(when)
-        if self._model is None:
+        if self._model is None or self._fsdp2:  # FSDP2 registers its own unsharded parameters while they are unsharded
             return
         for name, p in self._model.named_parameters():
             if p.requires_grad and id(p) not in self._names:
@@ -265,11 +266,15 @@ class GradientSurgery:
                 )
 
     def _layout(self) -> list[tuple]:
-        """What every rank must agree on: per buffer slot, its parameter's name, global shape and dtype."""
+        """What every rank must agree on: per buffer slot, its parameter's name, global shape and dtype (plain
+        tensors sharded over ``shard_process_group`` may hold shards of different sizes: no shape for those)."""
         out = []
         for bucket in self._buffers.buckets:
             for slot in bucket.slots:
-                shape = slot.dtensor_spec[2] if slot.dtensor_spec is not None else slot.local_shape
+                if slot.dtensor_spec is not None:
+                    shape = slot.dtensor_spec[2]
+                else:
+                    shape = slot.local_shape if bucket.shard_process_group is None else ()
                 out.append((self._names[id(slot.param)], tuple(shape), str(bucket.dtype)))
         return out
 
@@ -281,7 +286,7 @@ class GradientSurgery:
         fingerprint = int.from_bytes(digest, "little") >> 2
 
         def describe() -> str:
-            elements = sum(int(torch.Size(shape).numel()) for _, shape, _ in layout)
+            elements = sum(int(torch.Size(shape).numel()) for _, shape, _ in layout if shape)
             return f"domains {list(self._domains)!r}, {len(layout)} parameters of {elements} elements"
 
         groups = [self._dp_process_group] if self._dp_process_group is not None else []
@@ -350,6 +355,8 @@ class GradientSurgery:
                 error = str(problem)
         new = [] if error is not None or not self._discover else (
             self._domains[self._agreed :] + [n for n in dict.fromkeys(names) if n not in self._domains])
+        if not self._discover and not any_rank(error is not None, process_group, self._device):
+            return self.domains  # a fixed list and no problem anywhere: one flag all-reduce, no object gather
         gathered = gather_objects((new, error), process_group)
         errors = [f"rank {rank}: {str(problem).rstrip('.')}" for rank, (_, problem) in enumerate(gathered)
                   if problem is not None]

@@ -196,7 +196,7 @@ class MGSGRPOTrainer(GRPOTrainer):
         try:
             labels = self.domain_source.labels(inputs, self.environments, training=training)
             ids = None if labels is None else self.domain_source.ids(labels)
-        except (KeyError, TypeError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - raised on every rank below, so no rank is left waiting
             problem, ids = error, []
         self._raise_on_every_rank(problem)
         if ids is None:  # an eval set without the domain column: evaluated as stock, no per-domain metrics

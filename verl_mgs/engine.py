@@ -156,8 +156,8 @@ class MGSFSDPEngine(FSDPEngineWithLMHead):
         try:
             labels = domain_labels(data, self._domain_index)
             self._domain_index.check(labels)
-        except (KeyError, TypeError, ValueError) as problem:
-            error = problem.args[0] if problem.args else str(problem)
+        except Exception as problem:  # noqa: BLE001 - raised on every rank by agree_domains, none left waiting
+            error = problem.args[0] if isinstance(problem, KeyError) and problem.args else str(problem)
         domains = self._surgery.agree_domains(sorted(set(labels)), process_group=self.get_data_parallel_group(),
                                               error=error)
         return labels, list(domains)

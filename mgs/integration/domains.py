@@ -56,7 +56,7 @@ class DomainIndex:
         """``values`` as domain names, or one error naming every kind of bad value and what to do."""
         bad = [(i, v) for i, v in enumerate(values) if not isinstance(v, str) or not v]
         if not bad:
-            return list(values)
+            return [str(v) for v in values]  # numpy.str_ from object arrays becomes a plain str
         shown = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5]) + (" ..." if len(bad) > 5 else "")
         if all(v is None or (isinstance(v, str) and not v) for _, v in bad):
             raise ValueError(f"{self.where}={self.key!r}: {len(bad)} of {len(values)} rows have no domain (None or "

@@ -648,3 +648,25 @@ def test_gradients_written_by_hand_inside_a_context_are_kept():
         model[2].bias.grad.add_(1.0)
     surgery.apply()
     assert torch.equal(model[2].bias.grad, torch.ones(2))
+
+
+def test_a_hand_write_is_seen_even_when_another_gradient_is_replaced():
+    """create_graph=True replaces one parameter's p.grad (a hook call without an in-place write); a hand write into
+    another parameter of the same bucket must still count."""
+    model = _two_layer()
+    surgery = mgs.GradientSurgery(model, domains=["a"])
+    with surgery.domain("a"):
+        model[2](torch.randn(2, 4)).sum().backward(create_graph=True)
+        model[0].bias.grad.add_(1.0)
+    surgery.apply()
+    assert torch.equal(model[0].bias.grad, torch.ones(4))
+
+
+def test_rebuilding_the_surgery_adds_no_hooks():
+    import gc
+
+    model = _two_layer()
+    for _ in range(3):
+        mgs.GradientSurgery(model, domains=["a"])
+        gc.collect()
+    assert len(model[0].weight._post_accumulate_grad_hooks or {}) <= 1
