@@ -209,14 +209,17 @@ class MGSGRPOTrainer(GRPOTrainer):
         return output
 
     def _raise_on_every_rank(self, problem: Exception | None) -> None:
-        """Raise ``problem`` here and the same error on every other rank (one small object gather under DDP), so
-        a bad row on one rank does not leave the others waiting in the next collective."""
+        """Raise ``problem`` here and the same error on every other rank (a flag gather under DDP, then the messages),
+        so a bad row on one rank does not leave the others waiting in the next collective."""
         if self.accelerator.num_processes == 1:
             if problem is not None:
                 raise problem
             return
         from accelerate.utils import gather_object
 
+        flags = gather(torch.tensor([problem is not None], device=self.accelerator.device))
+        if not bool(flags.any()):  # the common case: one flag gather; the messages only when some rank failed
+            return
         reasons = gather_object([None if problem is None else f"{type(problem).__name__}: {problem}"])
         failed = [f"rank {rank}: {reason}" for rank, reason in enumerate(reasons) if reason is not None]
         if failed:

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _scripts import import_script
 
 pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
@@ -23,12 +24,7 @@ CONFIG = str(RECIPES / "demo.yaml")
 
 @pytest.fixture(scope="module")
 def demo():
-    sys.path.insert(0, str(RECIPES))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(RECIPES))
-    return demo
+    return import_script(RECIPES, "demo")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import import_script
 
 pytest.importorskip("trl")
 pytest.importorskip("math_verify")
@@ -71,12 +72,7 @@ def test_recipe_runs_with_lora(tmp_path, monkeypatch):
     (tmp_path / "math.json").write_text(json.dumps(math))
     (tmp_path / "chat.json").write_text(json.dumps(chat))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(RECIPES))
-    try:
-        import grpo_multidomain
-    finally:
-        sys.path.remove(str(RECIPES))
-    trainer = grpo_multidomain.main([
+    trainer = import_script(RECIPES, "grpo_multidomain").main([
         "--model_name_or_path", str(tmp_path / "policy"), "--dtype", "float32", "--attn_implementation", "eager",
         "--math_dataset", str(tmp_path / "math.json"), "--chat_dataset", str(tmp_path / "chat.json"),
         "--chat_split", "train", "--chat_reward_model", str(tmp_path / "rm"),

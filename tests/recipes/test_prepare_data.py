@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _scripts import import_script
 
 pytest.importorskip("datasets")
 
@@ -21,12 +22,7 @@ SCRIPT = ROOT / "recipes" / "verl" / "prepare_data.py"
 
 @pytest.fixture(scope="module")
 def prepare_data():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import prepare_data
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return prepare_data
+    return import_script(SCRIPT.parent, "prepare_data")
 
 
 def test_help_lists_every_flag_with_its_default(prepare_data):

@@ -162,31 +162,37 @@ def make_stub_tool_mgs_trainer_class():
 ENV_DOMAINS = ["code", "math"]
 
 
+class AddTool:
+    """The tool the test environments offer (TRL reads its signature and docstring); counts its calls."""
+
+    calls = 0
+
+    def add(self, a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: The first.
+            b: The second.
+
+        Returns:
+            The sum.
+        """
+        self.calls += 1
+        return a + b
+
+
 def math_code_environment(records: list, num_generations: int = 2):
     """An environment factory in TRL's API whose environment owns the data: ``reset()`` draws each prompt group's
     task (code or math, alternating) and sets ``self.domain``; the ``add`` tool counts its calls; ``get_reward`` scores
     the rollout from that state and appends ``(domain, reward)`` to ``records``."""
     count = [0]
 
-    class MathCodeEnv:
+    class MathCodeEnv(AddTool):
         def reset(self, **kwargs) -> str:
             self.domain = ENV_DOMAINS[(count[0] // num_generations) % 2]
             count[0] += 1
             self.calls = 0
             return f" {self.domain} task {count[0]}"
-
-        def add(self, a: int, b: int) -> int:
-            """Add two integers.
-
-            Args:
-                a: The first.
-                b: The second.
-
-            Returns:
-                The sum.
-            """
-            self.calls += 1
-            return a + b
 
         def get_reward(self) -> float:
             reward = float(self.calls) + (0.5 if self.domain == "math" else -0.25)

@@ -16,7 +16,7 @@ pytest.importorskip("trl")
 import torch
 import trl
 from _tiny import (
-    COMMON, ENV_DOMAINS, StubGRPOTrainer, StubToolGRPOTrainer, dataset, make_stub_mgs_trainer_class,
+    COMMON, ENV_DOMAINS, AddTool, StubGRPOTrainer, StubToolGRPOTrainer, dataset, make_stub_mgs_trainer_class,
     make_stub_tool_mgs_trainer_class, math_code_environment, reward, tiny_model, tiny_tokenizer, tool_model,
     tool_tokenizer,
 )
@@ -374,21 +374,9 @@ def test_one_environment_per_domain_with_the_environment_column(tmp_path):
     records = []
     math_env = math_code_environment(records)
 
-    class ChatEnv:
+    class ChatEnv(AddTool):
         def reset(self, **kwargs) -> str:
             return " chat"
-
-        def add(self, a: int, b: int) -> int:
-            """Add two integers.
-
-            Args:
-                a: The first.
-                b: The second.
-
-            Returns:
-                The sum.
-            """
-            return a + b
 
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "environment": env} for i in range(4)
             for env in ("math", "chat")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _jobs import verl_installed
+from _scripts import import_script
 
 if not verl_installed():
     pytest.skip("verl is not installed (pip install -e '.[verl]')", allow_module_level=True)
@@ -148,12 +149,7 @@ def test_mixture_dataset_errors(prepared):
 # ----------------------------------------------------------------------------- rewards
 def _rewards():
     """recipes/verl/rewards.py, imported as prepare_data.py imports it: from its folder."""
-    sys.path.insert(0, str(RECIPES))
-    try:
-        import rewards
-    finally:
-        sys.path.remove(str(RECIPES))
-    return rewards
+    return import_script(RECIPES, "rewards")
 
 
 def test_reward_function_is_a_file_relative_to_the_repository_root(tmp_path, monkeypatch):
