@@ -12,12 +12,14 @@ the tools that need transformers (``mgs-diagnose``, the toy model) ``mgs_tools``
 from mgs._mixing import MixturePlan, batch_counts, plan_mixture
 from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs._partition import KINDS
+from mgs._slicing import AttentionHeads, TensorSlices
 from mgs._surgery import GradientSurgery
 from mgs.methods import METHOD_NAMES, METHODS, method_names, register_method
 
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "AttentionHeads",
     "BALANCES",
     "GRANULARITIES",
     "GradientSurgery",
@@ -28,6 +30,7 @@ __all__ = [
     "ON_NONFINITE",
     "SURGERY_MODES",
     "SurgeryOptions",
+    "TensorSlices",
     "batch_counts",
     "method_names",
     "plan_mixture",

@@ -4,8 +4,9 @@ The result is written in place into row 0 of each bucket, and ``p.grad`` becomes
 ``apply()`` allocates nothing: memory never exceeds the K buffers. Surgery drops its own reference
 to the buckets, so they are freed when the training loop drops ``p.grad`` (``zero_grad()``).
 
-Each chunk takes its group's weights (``[chunks, K]``). The K multiply-adds run block by block, so
-a block's K rows stay in cache between them: the combine reads the buffers about once.
+Each chunk (each unit, in a span of units smaller than a chunk: :mod:`mgs._buffers`) takes its group's
+weights. The K multiply-adds run block by block, so a block's K rows stay in cache between them: the
+combine reads the buffers about once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from mgs._buffers import CHUNK, Bucket, Slot
+from mgs._buffers import CHUNK, Bucket, Slot, Span
 from mgs._collectives import average_replicas
 
 COMBINE_BLOCK = 2048
@@ -31,7 +32,7 @@ def _weighted_sum_(block: torch.Tensor, weights: torch.Tensor | None, scratch: t
     bf16/fp16 blocks are upcast into ``scratch`` (fp32, reused across blocks), combined there and
     rounded once: mixed-dtype multiply-adds would leave PyTorch's vectorised CPU path, and weights
     rounded to bf16 would double the rounding error."""
-    x = block if scratch is None else scratch[:, : block.shape[1]].copy_(block)
+    x = block if scratch is None else scratch[:, : block[0].numel()].view(block.shape).copy_(block)
     out = x[0]
     if weights is None:
         for i in range(1, x.shape[0]):
@@ -44,14 +45,13 @@ def _weighted_sum_(block: torch.Tensor, weights: torch.Tensor | None, scratch: t
         block[0].copy_(out)
 
 
-def chunk_weights(bucket: Bucket, weights: torch.Tensor) -> torch.Tensor:
-    """``[chunks, K]`` weights of each chunk of ``bucket`` from per-group ``weights`` ``[M, K]`` (M = 1: global),
+def span_weights(bucket: Bucket, span: Span, weights: torch.Tensor) -> torch.Tensor:
+    """``[units, K]`` weights of each unit of ``span`` from per-group ``weights`` ``[M, K]`` (M = 1: global),
     in float32 (float64 for float64 buckets)."""
     weights = weights.to(device=bucket.device, dtype=_compute_dtype(bucket.dtype))
-    chunks = bucket.numel // CHUNK
     if weights.shape[0] == 1:
-        return weights.expand(chunks, weights.shape[1])
-    return weights.index_select(0, bucket.chunk_group)
+        return weights.expand(span.groups.numel(), weights.shape[1])
+    return weights.index_select(0, span.groups)
 
 
 def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_group: object | None = None,
@@ -67,14 +67,17 @@ def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_grou
     if k == 0:  # no domain at all: only shared gradients
         result = shared if shared is not None else torch.zeros(bucket.numel, dtype=bucket.dtype, device=bucket.device)
     else:
-        x = data.view(k, chunks, CHUNK)
-        w = None if weights is None else chunk_weights(bucket, weights)
         scratch = None
         if bucket.dtype not in (torch.float32, torch.float64):
-            scratch = torch.empty(k, min(chunks, COMBINE_BLOCK), CHUNK, dtype=torch.float32, device=bucket.device)
-        for start in range(0, chunks, COMBINE_BLOCK):
-            block = x[:, start : start + COMBINE_BLOCK]
-            _weighted_sum_(block, None if w is None else w[start : start + COMBINE_BLOCK], scratch)
+            scratch = torch.empty(k, min(chunks, COMBINE_BLOCK) * CHUNK, dtype=torch.float32, device=bucket.device)
+        spans = bucket.spans if weights is not None else [Span(0, chunks, CHUNK, bucket.spans[0].groups[:0])]
+        for span in spans:
+            x = data[:, span.start * CHUNK : span.stop * CHUNK].view(k, -1, span.unit)
+            w = None if weights is None else span_weights(bucket, span, weights)
+            step = COMBINE_BLOCK * CHUNK // span.unit  # units per block: about 1M elements
+            for start in range(0, x.shape[1], step):
+                block = x[:, start : start + step]
+                _weighted_sum_(block, None if w is None else w[start : start + step], scratch)
         result = data[0]
         if shared is not None:
             result.add_(shared)

@@ -6,7 +6,15 @@ owns a slot of ``n`` aligned to :data:`CHUNK` elements (the padding stays zero).
 active, every ``p.grad`` is a view of that domain's row (a DTensor around the local view for
 FSDP2 shards), so autograd and FSDP2 accumulate straight into the buffer: no copy, no extra
 gradient-sized memory. Chunk alignment lets one batched matmul compute the Gram matrices of
-every chunk of a bucket, and each chunk belongs to exactly one parameter, hence to one group.
+every chunk of a bucket; each chunk belongs to exactly one parameter.
+
+A parameter split into groups (attention heads, experts: :mod:`mgs._slicing`) may have chunks that hold
+several groups: a row slice whose size or offset (an FSDP2 shard edge) is not a multiple of the chunk, or
+every chunk of a column slice (``o_proj``'s heads). A bucket is therefore laid out as *spans* of chunks:
+a span of whole-group chunks is read as ``[chunks, K, CHUNK]`` with one group per chunk, as before; a span
+of mixed chunks is read as ``[units, K, unit]`` with one group per unit, ``unit`` the largest divisor of
+the chunk on which every group boundary of that parameter falls (``head_dim`` for ``o_proj``). Both are
+views of the same buffer: no copy, no gradient-sized index.
 
 Buffers are allocated at the first backward of a step. :mod:`mgs._apply` writes the result into
 row 0 and drops its reference, so they are freed when the training loop drops ``p.grad``.
@@ -14,6 +22,7 @@ row 0 and drops its reference, so they are freed when the training loop drops ``
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +30,7 @@ from functools import partial
 import torch
 
 from mgs._partition import Partition
+from mgs._slicing import ParamSlicing
 
 try:
     from torch.distributed.tensor import DTensor
@@ -41,13 +51,25 @@ def _ceil_chunks(numel: int) -> int:
 @dataclass
 class Slot:
     param: torch.Tensor
-    group: int
+    group: int  # its group, or its first piece's when sliced
     offset: int
     numel: int
     local_shape: torch.Size
     dtensor_spec: tuple | None  # (mesh, placements, global shape, global stride) for DTensor params
+    slicing: ParamSlicing | None = None  # None: the whole parameter is in ``group``
+    global_offset: int = 0  # flat index of the local shard's first element in the full tensor
     touched: bool = False  # a backward (or a stray gradient) reached the parameter since the last apply()
     fires: int = 0  # accumulate-grad hook calls, to tell autograd's in-place writes from a user's
+
+
+@dataclass(frozen=True)
+class Span:
+    """Chunks ``[start, stop)`` of a bucket, read as ``[units, K, unit]``; ``groups[u]`` is unit ``u``'s group."""
+
+    start: int
+    stop: int
+    unit: int
+    groups: torch.Tensor  # [(stop - start) * CHUNK // unit] int64, on the bucket's device
 
 
 @dataclass
@@ -57,7 +79,7 @@ class Bucket:
     shard_process_group: object | None  # over which the slots are sharded, None when not sharded
     slots: list[Slot] = field(default_factory=list)
     numel: int = 0
-    chunk_group: torch.Tensor | None = None  # [numel // CHUNK] group index of each chunk
+    spans: list[Span] = field(default_factory=list)  # cover the bucket's chunks in order
     data: torch.Tensor | None = None  # [K, numel]
     shared: torch.Tensor | None = None  # [numel], allocated when a gradient belongs to no domain
 
@@ -88,11 +110,94 @@ def _local_and_process_group(param: torch.Tensor, name: str, shard_process_group
     return param, shard_process_group, None
 
 
+def _global_offset(param: torch.Tensor, name: str, local: torch.Tensor, spec: tuple | None,
+                   process_group: object | None) -> int:
+    """Flat index in the full tensor of the local shard's first element: where a sliced parameter's group
+    boundaries fall in this rank's shard. FSDP2 shards dim 0 as ``torch.chunk`` does."""
+    if spec is None:
+        if process_group is not None:
+            raise NotImplementedError(
+                f"parameter {name!r} is split into groups (heads or experts) and sharded as a plain tensor over "
+                "shard_process_group, whose shards' positions in the full tensor are unknown; use FSDP2 (DTensor "
+                "parameters) or a granularity without sub-tensor groups."
+            )
+        return 0
+    mesh, placements, shape, _ = spec
+    shard_dims = [(i, p) for i, p in enumerate(placements) if p.is_shard()]
+    if not shard_dims:
+        return 0
+    mesh_dim, placement = shard_dims[0]
+    if placement.dim != 0:
+        raise NotImplementedError(f"parameter {name!r} is split into groups (heads or experts) and sharded along dim "
+                                  f"{placement.dim}; sub-tensor groups support FSDP2's Shard(0) only.")
+    ways, coordinate = mesh.size(mesh_dim), mesh.get_local_rank(mesh_dim)
+    per_rank = -(-shape[0] // ways)
+    first_row = min(coordinate * per_rank, shape[0])
+    rows = max(min(shape[0], first_row + per_rank) - first_row, 0)
+    if local.dim() == 0 or local.shape[0] != rows:
+        raise NotImplementedError(f"parameter {name!r}: this rank's shard has shape {tuple(local.shape)}, not the "
+                                  f"{rows} rows of torch.chunk's Shard(0) layout; its group boundaries are unknown.")
+    return first_row * math.prod(shape[1:])
+
+
+def _slot_layout(slot: Slot) -> tuple[torch.Tensor, list[tuple[int, int, int, torch.Tensor]]]:
+    """``(chunk_groups, mixed_runs)`` of a slot: each chunk's group (-1 where it holds several) and, per run of
+    mixed chunks, ``(first chunk, stop chunk, unit, groups of its units)``; chunks counted from the slot's start."""
+    chunks = -(-slot.numel // CHUNK)
+    sliced = slot.slicing
+    if sliced is None or sliced.dim is None or chunks == 0:
+        return torch.full((chunks,), slot.group, dtype=torch.long), []
+    seg, off, n = sliced.segment, slot.global_offset, slot.numel
+    groups = torch.tensor(sliced.groups, dtype=torch.long)
+    starts = torch.arange(chunks, dtype=torch.long) * CHUNK
+    first = (off + starts) // seg
+    last = (off + torch.clamp(starts + CHUNK, max=n) - 1) // seg
+    pure = first == last
+    chunk_groups = torch.where(pure, groups[first % len(groups)], -1)
+    mixed = (~pure).nonzero().flatten().tolist()
+    runs: list[tuple[int, int, int, torch.Tensor]] = []
+    if not mixed:
+        return chunk_groups, runs
+    unit = math.gcd(CHUNK, seg, off % seg)
+    begin = prev = mixed[0]
+    for c in mixed[1:] + [None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        positions = begin * CHUNK + torch.arange((prev + 1 - begin) * CHUNK // unit, dtype=torch.long) * unit
+        elements = off + torch.clamp(positions, max=n - 1)  # the padding after the tensor is zero: any group
+        runs.append((begin, prev + 1, unit, groups[(elements // seg) % len(groups)]))
+        if c is not None:
+            begin = prev = c
+    return chunk_groups, runs
+
+
+def _bucket_spans(bucket: Bucket) -> list[Span]:
+    """Cover the bucket's chunks with spans: maximal runs of whole-group chunks, and each run of mixed chunks."""
+    total = bucket.numel // CHUNK
+    chunk_groups = torch.full((total,), bucket.slots[0].group if bucket.slots else 0, dtype=torch.long)
+    fine: list[tuple[int, int, int, torch.Tensor]] = []
+    for slot in bucket.slots:
+        groups, runs = _slot_layout(slot)
+        base = slot.offset // CHUNK
+        chunk_groups[base : base + groups.numel()] = groups
+        fine += [(base + a, base + b, unit, g) for a, b, unit, g in runs]
+    spans, cursor = [], 0
+    for a, b, unit, groups in fine + [(total, total, CHUNK, None)]:
+        if a > cursor:
+            spans.append(Span(cursor, a, CHUNK, chunk_groups[cursor:a].to(bucket.device)))
+        if groups is not None:
+            spans.append(Span(a, b, unit, groups.to(bucket.device)))
+        cursor = b
+    return spans
+
+
 def build_buckets(partition: Partition, shard_process_group: object | None, cap: int = BUCKET_CAP) -> list[Bucket]:
     """Pack the partition's parameters into buckets, in parameter order."""
     open_buckets: dict[tuple, Bucket] = {}
     buckets: list[Bucket] = []
-    for param, names, group in zip(partition.params, partition.names, partition.group_of):
+    slicings = partition.slicings or (None,) * len(partition.params)
+    for param, names, group, sliced in zip(partition.params, partition.names, partition.group_of, slicings):
         local, process_group, spec = _local_and_process_group(param, names[0], shard_process_group)
         key = (local.dtype, local.device, process_group)
         bucket = open_buckets.get(key)
@@ -101,15 +206,15 @@ def build_buckets(partition: Partition, shard_process_group: object | None, cap:
             bucket = Bucket(local.dtype, local.device, process_group)
             open_buckets[key] = bucket
             buckets.append(bucket)
-        bucket.slots.append(Slot(param, group, bucket.numel, local.numel(), local.shape, spec))
+        offset = 0
+        if sliced is not None and sliced.dim is not None:
+            offset = _global_offset(param, names[0], local, spec, process_group)
+        bucket.slots.append(Slot(param, group, bucket.numel, local.numel(), local.shape, spec, sliced, offset))
         bucket.numel += size
     for bucket in buckets:
         if bucket.numel == 0:  # only empty shards: keep one zero chunk so shapes stay regular
             bucket.numel = CHUNK
-        chunk_group = torch.full((bucket.numel // CHUNK,), bucket.slots[0].group, dtype=torch.long)
-        for slot in bucket.slots:
-            chunk_group[slot.offset // CHUNK : (slot.offset + _ceil_chunks(slot.numel)) // CHUNK] = slot.group
-        bucket.chunk_group = chunk_group.to(bucket.device)
+        bucket.spans = _bucket_spans(bucket)
     return buckets
 
 

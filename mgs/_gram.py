@@ -1,8 +1,8 @@
 """Step 3 — Gram matrices: ``G[m, i, j] = g_i · g_j`` restricted to group ``m``.
 
-Each bucket is viewed as ``[chunks, K, CHUNK]``; one batched matmul gives every chunk's K×K Gram
-(fp32 at least, also from bf16/fp16 buffers), and ``index_add`` sums chunks into their groups in
-float64. Under sharding these are *partial* Grams of the local shards; :mod:`mgs._collectives`
+Each span of a bucket is viewed as ``[units, K, unit]`` (``unit = CHUNK`` except where a chunk holds
+several groups: :mod:`mgs._buffers`); one batched matmul gives every unit's K×K Gram (fp32 at least, also
+from bf16/fp16 buffers), and ``index_add`` sums units into their groups in float64. Under sharding these are *partial* Grams of the local shards; :mod:`mgs._collectives`
 sums them over the shard process group. One read of the buffers, no host sync.
 """
 
@@ -17,19 +17,24 @@ LOW_PRECISION_BLOCK = 512
 (CPU bmm has no fp32 output for bf16 inputs, and a fresh fp32 copy per block costs page faults)."""
 
 
-def chunk_grams(data: torch.Tensor) -> torch.Tensor:
-    """``[K, n]`` buffer → ``[n / CHUNK, K, K]`` Gram of each chunk, in float32 or float64."""
+FINE_BLOCK = 1 << 16
+"""Units per batched matmul in a span of units smaller than a chunk: bounds its ``[units, K, K]`` output."""
+
+
+def chunk_grams(data: torch.Tensor, unit: int = CHUNK) -> torch.Tensor:
+    """``[K, n]`` buffer → ``[n / unit, K, K]`` Gram of each ``unit`` elements, in float32 or float64."""
     k, n = data.shape
-    x = data.view(k, n // CHUNK, CHUNK).transpose(0, 1)
+    x = data.view(k, n // unit, unit).transpose(0, 1)
     if data.dtype in (torch.float32, torch.float64):
         return torch.bmm(x, x.transpose(1, 2))
     if data.device.type == "cuda":
         return torch.bmm(x, x.transpose(1, 2), out_dtype=torch.float32)
-    chunks = x.shape[0]
-    out = torch.empty(chunks, k, k, dtype=torch.float32, device=data.device)
-    scratch = torch.empty(min(chunks, LOW_PRECISION_BLOCK), k, CHUNK, dtype=torch.float32, device=data.device)
-    for start in range(0, chunks, LOW_PRECISION_BLOCK):
-        block = scratch[: min(LOW_PRECISION_BLOCK, chunks - start)]
+    units = x.shape[0]
+    block_units = max(LOW_PRECISION_BLOCK * CHUNK // unit, 1)
+    out = torch.empty(units, k, k, dtype=torch.float32, device=data.device)
+    scratch = torch.empty(min(units, block_units), k, unit, dtype=torch.float32, device=data.device)
+    for start in range(0, units, block_units):
+        block = scratch[: min(block_units, units - start)]
         block.copy_(x[start : start + block.shape[0]])
         torch.bmm(block, block.transpose(1, 2), out=out[start : start + block.shape[0]])
     return out
@@ -42,8 +47,14 @@ def local_grams(buckets: list[Bucket], num_groups: int, num_rows: int, device: t
         acc = grams.get(b.shard_process_group)
         if acc is None:
             acc = grams[b.shard_process_group] = torch.zeros(num_groups, num_rows, num_rows, dtype=torch.float64, device=device)
-        partial = chunk_grams(b.data).to(device=device, dtype=torch.float64)
-        acc.index_add_(0, b.chunk_group.to(device), partial)
+        for span in b.spans:
+            data = b.data[:, span.start * CHUNK : span.stop * CHUNK]
+            step = span.groups.numel() if span.unit == CHUNK else FINE_BLOCK  # whole chunks: one matmul per span
+            for first in range(0, span.groups.numel(), step):
+                units = span.groups[first : first + step]
+                part = data[:, first * span.unit : (first + units.numel()) * span.unit]
+                partial = chunk_grams(part, span.unit).to(device=device, dtype=torch.float64)
+                acc.index_add_(0, units.to(device), partial)
     return grams
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 SURGERY_MODES = ("none", "global", "modular")
-GRANULARITIES = ("parameter", "module", "block", "layer")
+GRANULARITIES = ("parameter", "module", "block", "layer", "head", "expert", "head+expert")
 ON_NONFINITE = ("propagate", "raise")
 BALANCES = ("none", "norm")
 
@@ -82,7 +82,10 @@ class SurgeryOptions:
             over all parameters as one vector) or ``"modular"`` (the method per group of parameters).
         granularity: how parameters are grouped into modules: ``"parameter"`` (each tensor),
             ``"module"`` (each leaf module, LoRA adapters mapped to their base module), ``"block"``
-            (attention / MLP / the rest of each decoder layer), ``"layer"`` (each decoder layer), a compiled
+            (attention / MLP / the rest of each decoder layer), ``"layer"`` (each decoder layer), ``"head"``
+            (``"module"``, with each attention projection split by head: q/k/v rows, o_proj columns),
+            ``"expert"`` (``"module"``, with each fused MoE experts tensor split by expert), ``"head+expert"``
+            (both; see :mod:`mgs._slicing`), a compiled
             regular expression (the first match in a parameter's name is its group key; names without a
             match form their own group) or a callable from parameter name to group key. Statistics are
             reported per group for every ``surgery`` mode.
@@ -98,6 +101,8 @@ class SurgeryOptions:
             the method's weights are computed (applied to the current gradients); 0 is per-step surgery.
         domains: the ordered domain names, fixed for the run; ``None`` discovers them on first use.
         seed: seeds the method's random choices together with the step (PCGrad's projection orders).
+        conflict_threshold: τ in [0, 1): PCGrad projects g_i' off g_j only when cos(g_i', g_j) < −τ (the cosine
+            of the partly projected g_i' and the original g_j); 0 is PCGrad exactly. PCGrad only.
         on_nonfinite: ``"propagate"`` leaves non-finite gradients for the training framework to handle
             (affected groups get the plain sum); ``"raise"`` raises ``FloatingPointError`` (one host sync).
     """
@@ -110,6 +115,7 @@ class SurgeryOptions:
     on_nonfinite: str = "propagate"
     balance: str = "none"
     gram_ema: float = 0.0
+    conflict_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         from mgs.methods import validate_method  # local import: methods import nothing from here
@@ -133,3 +139,14 @@ class SurgeryOptions:
         _choice("balance", self.balance, BALANCES)
         if isinstance(self.gram_ema, bool) or not isinstance(self.gram_ema, (int, float)) or not 0 <= self.gram_ema < 1:
             raise ValueError(f"gram_ema={self.gram_ema!r} is not supported; give a decay in [0, 1) (0: no smoothing).")
+        tau = self.conflict_threshold
+        if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau < 1:
+            raise ValueError(f"conflict_threshold={tau!r} is not supported; give τ in [0, 1): PCGrad projects only "
+                             "when cos(g_i', g_j) < -τ (0: PCGrad exactly).")
+        object.__setattr__(self, "conflict_threshold", float(tau))
+        if tau > 0 and (self.surgery == "none" or self.method != "pcgrad"):
+            raise ValueError(
+                f"conflict_threshold={tau} sets PCGrad's conflict test, but surgery={self.surgery!r} with method="
+                f"{self.method!r} makes no such test; use surgery='modular' or 'global' with method='pcgrad', or "
+                "conflict_threshold=0."
+            )

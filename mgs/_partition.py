@@ -1,7 +1,8 @@
 """Step 1 — partition: trainable parameters → named groups ("modules"), each with a kind.
 
 A group is the unit the method sees: one K×K Gram matrix per group. Kinds (attention, mlp,
-embedding, norm, other) only label groups for statistics.
+embedding, norm, other) only label groups for statistics. A group is a set of whole parameters, or of
+slices of them (attention heads, MoE experts: :mod:`mgs._slicing`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from mgs._options import Granularity
+from mgs._slicing import (SLICED_GRANULARITIES, AttentionHeads, BuiltinSlicing, ParamSlicing, Slicing, TensorSlices,
+                          experts_from_config, heads_from_config, model_config, param_slicing)
 
 KINDS = ("attention", "mlp", "embedding", "norm", "other")
 
@@ -68,7 +71,7 @@ def group_key(name: str, granularity: Granularity) -> str:
     if granularity == "parameter":
         return name
     module = module_of(name)
-    if granularity == "module":
+    if granularity == "module" or granularity in SLICED_GRANULARITIES:
         return module
     layer = _LAYER.match(module + ".")
     if layer is None:  # embeddings, final norm, lm_head: each leaf module on its own
@@ -105,17 +108,24 @@ def trainable_parameters(
 
 @dataclass(frozen=True)
 class Partition:
-    """Groups of parameters: ``group_of[i]`` is the group index of ``params[i]``."""
+    """Groups of parameters (or of their slices): ``slicings[i]`` says which group each element of ``params[i]``
+    belongs to; ``group_of[i]`` is the group of a parameter that is not sliced (its first piece's otherwise)."""
 
     params: tuple[torch.Tensor, ...]
     names: tuple[tuple[str, ...], ...]
     group_names: tuple[str, ...]
     group_kinds: tuple[str, ...]
     group_of: tuple[int, ...]
+    slicings: tuple[ParamSlicing, ...] = ()
 
     @classmethod
     def build(
-        cls, model: nn.Module | Iterable[tuple[str, torch.Tensor]], granularity: Granularity
+        cls,
+        model: nn.Module | Iterable[tuple[str, torch.Tensor]],
+        granularity: Granularity,
+        *,
+        heads: AttentionHeads | None = None,
+        slicing: Slicing | None = None,
     ) -> Partition:
         entries = trainable_parameters(model)
         if not entries:
@@ -135,27 +145,81 @@ class Partition:
                         "tensor, which the per-domain buffers (dense) cannot hold; build it with sparse=False "
                         "(and a dense optimizer instead of SparseAdam) or freeze it."
                     )
+        if slicing is not None and not callable(slicing):
+            raise TypeError(f"slicing must be a callable (name, shape) -> mgs.TensorSlices | None; got {slicing!r}.")
+        if heads is not None and not isinstance(heads, AttentionHeads):
+            raise TypeError(f"heads must be an mgs.AttentionHeads(num_heads, head_dim, num_kv_heads); got {heads!r}.")
+        builtin = None
+        if isinstance(granularity, str) and granularity in SLICED_GRANULARITIES:
+            config = model_config(model) if isinstance(model, nn.Module) else None
+            builtin = BuiltinSlicing(granularity, heads or heads_from_config(config), experts_from_config(config),
+                                     module_of)
         index: dict[str, int] = {}
         kinds: list[set[str]] = []
-        group_of = []
-        for names, _ in entries:
-            key = group_key(names[0], granularity)
+
+        def group_index(key: str, kind: str) -> int:
             if key not in index:
                 index[key] = len(index)
                 kinds.append(set())
-            kinds[index[key]].add(kind_of(names[0]))
-            group_of.append(index[key])
+            kinds[index[key]].add(kind)
+            return index[key]
+
+        group_of, slicings = [], []
+        for names, param in entries:
+            name, kind = names[0], kind_of(names[0])
+            shape = param.shape  # a DTensor's global shape
+            slices = slicing(name, shape) if slicing is not None else None
+            if slices is not None and not isinstance(slices, TensorSlices):
+                raise TypeError(f"slicing returned {slices!r} for parameter {name!r}; it must return an "
+                                "mgs.TensorSlices or None.")
+            if slices is None and builtin is not None:
+                slices = builtin(name, shape)
+            if slices is not None:
+                slices = slices.check(name, shape)
+                sliced = param_slicing(shape, slices, lambda key: group_index(key, kind), -1)
+                slicings.append(sliced)
+                group_of.append(sliced.groups[0])
+            else:
+                g = group_index(group_key(name, granularity), kind)
+                slicings.append(param_slicing(shape, None, lambda key: -1, g))
+                group_of.append(g)
+        if builtin is not None:
+            builtin.finish()
         return cls(
             params=tuple(p for _, p in entries),
             names=tuple(n for n, _ in entries),
             group_names=tuple(index),
             group_kinds=tuple(next(iter(k)) if len(k) == 1 else "other" for k in kinds),
             group_of=tuple(group_of),
+            slicings=tuple(slicings),
         )
 
+    @property
+    def sliced(self) -> bool:
+        """Whether some group holds slices of a parameter rather than whole parameters."""
+        return any(s.dim is not None for s in self.slicings)
+
     def groups(self) -> dict[str, list[str]]:
-        """Group key → names of its parameters (tied parameters under their first name)."""
+        """Group key → names of its parameters (tied parameters under their first name); a sliced parameter is
+        listed in every group one of its slices belongs to."""
         out: dict[str, list[str]] = {g: [] for g in self.group_names}
-        for names, g in zip(self.names, self.group_of):
-            out[self.group_names[g]].append(names[0])
+        for names, sliced in zip(self.names, self.slicings):
+            for g in dict.fromkeys(sliced.groups):
+                out[self.group_names[g]].append(names[0])
         return out
+
+    def group_slices(self) -> dict[str, list[tuple[str, int | None, int, int]]]:
+        """Group key → its slices ``(parameter name, dim, start, stop)``: ``param.narrow(dim, start, stop - start)``;
+        ``dim`` None for a whole parameter (start 0, stop its size along dim 0, or 1 for a scalar)."""
+        out: dict[str, list[tuple[str, int | None, int, int]]] = {g: [] for g in self.group_names}
+        for names, param, sliced in zip(self.names, self.params, self.slicings):
+            if sliced.dim is None:
+                out[self.group_names[sliced.groups[0]]].append((names[0], None, 0, param.shape[0] if param.dim() else 1))
+                continue
+            for piece, g in enumerate(sliced.groups):
+                out[self.group_names[g]].append((names[0], sliced.dim, piece * sliced.size, (piece + 1) * sliced.size))
+        return out
+
+    def layout_key(self) -> tuple:
+        """What defines the grouping: group names, and per parameter its slicing (for fingerprints)."""
+        return (self.group_names, tuple((s.segment, s.groups, s.dim) for s in self.slicings))

@@ -23,7 +23,9 @@ from mgs._gram_ema import GramEMA
 from mgs._options import Granularity, SurgeryOptions, nonnegative_int, validate_domain_name, validate_domains
 from mgs._partition import Partition
 from mgs._stats import surgery_stats
-from mgs.methods import resolve_method, step_generator
+from mgs._slicing import AttentionHeads, Slicing
+from mgs.methods import Method, resolve_method, step_generator
+from mgs.methods._pcgrad import ThresholdPCGrad
 
 
 _NO_CONTEXT = object()
@@ -85,8 +87,12 @@ class GradientSurgery:
         model: an ``nn.Module`` (plain, FSDP2 ``fully_shard``-ed, or DDP) or an iterable of
             ``(name, parameter)``. Only parameters with ``requires_grad`` take part; a tensor under
             several names (tied weights) is one parameter.
-        surgery, granularity, method, domains, seed, on_nonfinite, balance, gram_ema: see
+        surgery, granularity, method, domains, seed, on_nonfinite, balance, gram_ema, conflict_threshold: see
             :class:`mgs.SurgeryOptions`.
+        heads: the attention head layout (:class:`mgs.AttentionHeads`) for ``granularity="head"`` when the model
+            has no Hugging Face config giving it (or to override the config's).
+        slicing: your own sub-tensor groups: a callable ``(parameter name, full shape) -> mgs.TensorSlices | None``
+            consulted first for every parameter (``None``: the granularity decides, as usual).
         dp_process_group: a process group over which the domains' gradients are *replicated* (data
             parallel without gradient sync, e.g. DDP under ``no_sync()``): apply() averages each domain's
             buffer over it before surgery, as DDP would. Defaults to the DDP wrapper's process group when
@@ -113,7 +119,10 @@ class GradientSurgery:
         on_nonfinite: str = "propagate",
         balance: str = "none",
         gram_ema: float = 0.0,
+        conflict_threshold: float = 0.0,
         *,
+        heads: AttentionHeads | None = None,
+        slicing: Slicing | None = None,
         dp_process_group: object | None = None,
         shard_process_group: object | None = None,
         bucket_cap: int = BUCKET_CAP,
@@ -131,6 +140,7 @@ class GradientSurgery:
             on_nonfinite=on_nonfinite,
             balance=balance,
             gram_ema=gram_ema,
+            conflict_threshold=conflict_threshold,
         )
         self._ddp = _reject_unsupported(model)
         if self._ddp is not None and dp_process_group is None:
@@ -138,13 +148,15 @@ class GradientSurgery:
         self._dp_process_group = dp_process_group
         self._fsdp2 = fsdp2_modules(model)
         check_fsdp2_layout(self._fsdp2)
-        self.partition = Partition.build(model, granularity)
+        self.partition = Partition.build(model, granularity, heads=heads, slicing=slicing)
         self._model = model if isinstance(model, nn.Module) else None  # to notice parameters added or replaced later
         self._names = {id(p): names[0] for p, names in zip(self.partition.params, self.partition.names)}
         self._buffers = DomainBuffers(self.partition, shard_process_group, int(bucket_cap))
         self._layout_checked = False  # every rank's domain list and buffer layout compared (first distributed apply)
         self._device = self._buffers.buckets[0].device
         self._method = resolve_method(method) if surgery != "none" else None
+        if self.options.conflict_threshold > 0:  # only with PCGrad (checked by SurgeryOptions)
+            self._method = Method(ThresholdPCGrad(self.options.conflict_threshold), "pcgrad", projects=True)
         self._ema = GramEMA(gram_ema) if gram_ema > 0 and surgery != "none" else None
         self._domains: list[str] = list(self.options.domains or ())
         self._discover = self.options.domains is None
@@ -179,6 +191,12 @@ class GradientSurgery:
     def groups(self) -> dict[str, list[str]]:
         """Group key → parameter names: the modules surgery treats separately (and statistics report on)."""
         return self.partition.groups()
+
+    def group_slices(self) -> dict[str, list[tuple[str, int | None, int, int]]]:
+        """Group key → its slices ``(parameter name, dim, start, stop)``, each ``param.narrow(dim, start, stop -
+        start)`` of the full tensor (``dim`` None: the whole parameter). Differs from :meth:`groups` only for
+        sub-tensor groups (``granularity="head"``, ``"expert"``, ``slicing=``)."""
+        return self.partition.group_slices()
 
     def group_kinds(self) -> dict[str, str]:
         """Group key → kind (attention, mlp, embedding, norm, other) used for statistics."""
@@ -275,7 +293,9 @@ class GradientSurgery:
                     shape = slot.dtensor_spec[2]
                 else:
                     shape = slot.local_shape if bucket.shard_process_group is None else ()
-                out.append((self._names[id(slot.param)], tuple(shape), str(bucket.dtype)))
+                sliced = slot.slicing
+                cut = () if sliced is None or sliced.dim is None else (sliced.segment, sliced.groups)
+                out.append((self._names[id(slot.param)], tuple(shape), str(bucket.dtype), *cut))
         return out
 
     def _check_same_layout(self) -> None:
@@ -286,7 +306,7 @@ class GradientSurgery:
         fingerprint = int.from_bytes(digest, "little") >> 2
 
         def describe() -> str:
-            elements = sum(int(torch.Size(shape).numel()) for _, shape, _ in layout if shape)
+            elements = sum(int(torch.Size(entry[1]).numel()) for entry in layout if entry[1])
             return f"domains {list(self._domains)!r}, {len(layout)} parameters of {elements} elements"
 
         groups = [self._dp_process_group] if self._dp_process_group is not None else []
@@ -471,7 +491,8 @@ class GradientSurgery:
 
     def _groups_fingerprint(self) -> str:
         """The parameter groups (names and members) as a short hex digest: a checkpoint's must match."""
-        groups = (self.partition.group_names, self.partition.group_of)
+        groups = self.partition.layout_key() if self.partition.sliced else (self.partition.group_names,
+                                                                            self.partition.group_of)
         return f"{len(self.partition.group_names)}:" + hashlib.blake2b(repr(groups).encode(), digest_size=8).hexdigest()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

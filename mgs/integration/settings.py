@@ -48,7 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("surgery_granularity", "granularity", "parameter",
             "What a module is for 'modular' surgery and for the statistics: 'parameter' (each tensor), 'module' "
             "(each leaf module; LoRA adapters count as their base module), 'block' (attention / MLP / the rest of "
-            "each decoder layer) or 'layer' (each decoder layer).",
+            "each decoder layer), 'layer' (each decoder layer), 'head' ('module' with each attention projection "
+            "split by head: q/k/v rows, o_proj columns; LoRA's lora_B of q/k/v and lora_A of o follow the heads), "
+            "'expert' ('module' with each fused MoE experts tensor split by expert) or 'head+expert'.",
             GRANULARITIES),
     Setting("surgery_method", "method", "pcgrad",
             "The method applied per module: 'pcgrad', a TorchJD weighting ('upgrad', 'mgda', 'dualproj', "
@@ -61,6 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("surgery_gram_ema", "gram_ema", 0.0,
             "Decay in [0, 1) of a moving average of each module's Gram matrix from which the method decides (a "
             "variant, not the paper's method; 0 decides from the current step only). Saved in checkpoints.",
+            type="float"),
+    Setting("surgery_conflict_threshold", "conflict_threshold", 0.0,
+            "τ in [0, 1): PCGrad projects one domain's gradient off another's only when their cosine is below -τ "
+            "(0: PCGrad exactly). PCGrad only; refused with other methods and with surgery='none'.",
             type="float"),
     Setting("surgery_on_nonfinite", "on_nonfinite", "propagate",
             "'propagate' gives modules with inf/NaN gradients the plain sum, so the framework's own handling "
@@ -103,6 +109,7 @@ class SurgerySettings:
     surgery_method: str = setting_field("surgery_method")
     surgery_balance: str = setting_field("surgery_balance")
     surgery_gram_ema: float = setting_field("surgery_gram_ema")
+    surgery_conflict_threshold: float = setting_field("surgery_conflict_threshold")
     surgery_on_nonfinite: str = setting_field("surgery_on_nonfinite")
     surgery_seed: Optional[int] = setting_field("surgery_seed")
     domains: Optional[list[str]] = setting_field("domains")

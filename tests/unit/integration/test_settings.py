@@ -53,10 +53,12 @@ def test_both_adapters_are_checked():
 
 def test_surgery_options_maps_every_setting():
     values = {"surgery": "global", "surgery_granularity": "block", "surgery_method": "pcgrad", "surgery_balance": "norm",
-              "surgery_gram_ema": 0.5, "surgery_on_nonfinite": "raise", "surgery_seed": 7, "domains": ["b", "a"]}
+              "surgery_gram_ema": 0.5, "surgery_on_nonfinite": "raise", "surgery_seed": 7, "domains": ["b", "a"],
+              "surgery_conflict_threshold": 0.25}
     options = surgery_options(SimpleNamespace(**values), framework_seed=42)
     assert options == mgs.SurgeryOptions(surgery="global", granularity="block", method="pcgrad", balance="norm",
-                                         gram_ema=0.5, on_nonfinite="raise", seed=7, domains=("b", "a"))
+                                         gram_ema=0.5, on_nonfinite="raise", seed=7, domains=("b", "a"),
+                                         conflict_threshold=0.25)
     defaults = SimpleNamespace(**{s.name: s.default for s in SETTINGS})
     options = surgery_options(defaults, framework_seed=42, domains=["x"])
     assert options.seed == 42 and options.domains == ("x",)
