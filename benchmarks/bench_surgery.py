@@ -390,6 +390,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="all: also time balance='norm', gram_ema and every TorchJD weighting (modular)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny preset, 2 repetitions")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
+    ap.add_argument("--sub-tensor", action="store_true",
+                    help="instead: head and expert granularities against parameter granularity (bench_sub_tensor.py)")
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.reps = "tiny", 2
@@ -404,6 +406,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.sub_tensor:
+        import bench_sub_tensor
+
+        forwarded = ["--domains", str(args.domains), "--device", args.device, "--dtype", args.dtype]
+        forwarded += (["--threads", str(args.threads)] if args.threads else []) + (["--quick"] if args.quick else [])
+        return bench_sub_tensor.main(forwarded + (["--strict"] if args.strict else []))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)

@@ -37,7 +37,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback  # n
 from trl import SFTConfig, SFTTrainer, TrlParser  # noqa: E402
 
 from compare_runs import CompareError, compare  # noqa: E402  (recipes/trl/compare_runs.py, beside this script)
-from mgs import GradientSurgery  # noqa: E402
+from mgs.methods import resolve_method  # noqa: E402
 from mgs.integration import SETTINGS  # noqa: E402
 from mgs_tools.toy import TRANSFORMS, char_tokenizer, domain_rows, sft_dataset, tiny_causal_lm, transform_reward  # noqa: E402
 from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer, check_trl_compatible, interleave_domains  # noqa: E402
@@ -268,10 +268,13 @@ def quiet(trainer, disable_tqdm: bool):
 
 
 def preflight(args: MGSGRPOConfig) -> None:
-    """Build the surgery the trainer will build, on a one-layer stand-in, so that a missing extra (``upgrad``
-    without torchjd) or a bad setting fails now, not after the warm start."""
+    """Validate the surgery settings and build the method the trainer will build, so that a missing extra
+    (``upgrad`` without torchjd) or a bad setting fails now, not after the warm start. (The grouping itself, e.g.
+    ``head`` on the model's attention, is checked when the trainer builds the surgery on the model.)"""
     try:
-        GradientSurgery(torch.nn.Linear(1, 1), **vars(args.surgery_options(args.domains)))
+        options = args.surgery_options(args.domains)
+        if options.surgery != "none":
+            resolve_method(options.method)
     except (ImportError, ValueError, TypeError) as error:
         raise DemoError(str(error)) from None
 

@@ -40,24 +40,26 @@ def _one_line_error(capsys, excinfo) -> str:
 
 
 def test_demo_and_comparison_end_to_end(demo, tmp_path, capsys):
-    """--compare none,modular: both arms in their own folders, the comparison, a clean terminal, every setting named."""
+    """--compare none,modular (per attention head): both arms in their own folders, the comparison, a clean terminal,
+    every setting named."""
     runs = tmp_path / "runs"
     result = demo.main(["--config", CONFIG, "--max_steps", "4", "--sft_steps", "2", "--runs_dir", str(runs),
-                        "--compare", "none,modular"])
+                        "--compare", "none,modular", "--surgery_granularity", "head"])
     out = capsys.readouterr().out
     assert "{'loss'" not in out and "mgs/conflict_frac" not in out  # no per-step metrics dict on the terminal
     assert len(out.splitlines()) < 80, out
     for arm in ("none", "modular"):
-        folder = runs / arm
+        folder = runs / f"{arm}-granularity_head"  # the arm's name says each setting that is not the default
         assert (folder / "rewards.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         saved = json.loads((folder / "rewards.json").read_text())
-        assert saved["steps"] == [1, 2, 3, 4] and saved["surgery"] == arm and saved["arm"] == arm
+        assert saved["steps"] == [1, 2, 3, 4] and saved["surgery"] == arm and saved["arm"] == folder.name
         assert set(saved["rewards"]) == {"copy", "reverse", "sort"}
         for domain, values in saved["rewards"].items():
             assert len(values) == 4 and all(v is None or 0.0 <= v <= 1.0 for v in values)
             assert any(v is not None for v in values), f"{domain} never trained"
         assert 0.0 <= saved["conflict_frac"] <= 1.0
         assert list(saved["settings"]) == [s.name for s in SETTINGS]  # every surgery setting, what ran
+        assert saved["settings"]["surgery_granularity"] == "head"
         assert saved["settings"]["surgery"] == arm and saved["training"]["max_steps"] == 4
         assert saved["timing"]["torch_threads"] >= 1 and saved["timing"]["grpo_s"] > 0
         table = (folder / "summary.md").read_text()
@@ -66,11 +68,12 @@ def test_demo_and_comparison_end_to_end(demo, tmp_path, capsys):
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics if "mgs/conflict_frac" in m] == [1, 2, 3, 4]
         assert not (folder / "warmup").exists()
-    compared = runs / "compare_none_modular"
+    compared = runs / "compare_none-granularity_head_modular-granularity_head"
     assert (compared / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (compared / "compare.md").read_text()
     assert "surgery (none | modular)" in text and "| **mean** |" in text and text in out
-    assert result["arms"] == ["none", "modular"] and set(result["differ"]["settings"]) == {"surgery"}
+    assert result["arms"] == ["none-granularity_head", "modular-granularity_head"]
+    assert set(result["differ"]["settings"]) == {"surgery"}
     assert result["differ"]["training"] == {}
 
 
