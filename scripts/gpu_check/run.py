@@ -27,10 +27,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 STEPS = {  # name: (script, timeout on the GPU in s, timeout in --smoke)
-    "core": ("step_core.py", 150, 60),
-    "sync": ("step_sync.py", 90, 60),
-    "trl": ("step_trl.py", 240, 90),
-    "verl": ("step_verl.py", 240, 90),
+    "core": ("step_core.py", 120, 60),
+    "sync": ("step_sync.py", 60, 60),
+    "trl": ("step_trl.py", 180, 90),
+    "verl": ("step_verl.py", 180, 90),
 }
 
 

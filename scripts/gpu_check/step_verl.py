@@ -204,6 +204,8 @@ def _run(a, device: str, smoke: bool) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="mgs_gpu_check_verl_"))
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT="0")
+    if device != "cpu":
+        torch.cuda.set_device(0)
     dist.init_process_group("gloo" if device == "cpu" else "nccl", init_method=f"file://{tmp / 'store'}", rank=0,
                             world_size=1, timeout=timedelta(seconds=300))
     try:
@@ -225,7 +227,7 @@ def _compare(a, device: str, smoke: bool, tmp: Path) -> dict:
     params = write_model(model_path, a.hidden, a.layers)
     vocab = len(CHARS) + 3
     dtype = "fp32" if smoke else "bf16"
-    arms = {  # stock ones first: once verl_mgs.config is imported, the MGS engine serves the fsdp keys
+    arms = {  # a plain FSDPEngineConfig gets verl's own engine class (checked below), MGSFSDPEngineConfig the MGS one
         "stock": [PRECISION.format(dtype)],
         "stock_fp32": [PRECISION.format("fp32")],
         "none": [PRECISION.format(dtype), MGS_TARGET, "+actor_rollout_ref.actor.fsdp_config.surgery=none"],
