@@ -56,6 +56,7 @@ PRESETS = {
     "tiny": (64, 176, 512, 2),
     "small": (512, 1408, 8192, 8),
     "1b": (2048, 5632, 32000, 16),
+    "7b-layers": (4096, 11008, 32000, 4),  # a 7B model's tensor shapes (Llama-2-7B), 4 of its 32 layers: ~1.07B
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -372,7 +373,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                    help="parameter set: tiny (smoke), small (~34M params, 99 tensors), 1b (~1B, for CUDA)")
+                    help="parameter set: tiny (smoke), small (~34M params, 99 tensors), 1b (~1B, for CUDA), "
+                         "7b-layers (a 7B model's shapes, 4 layers, ~1.07B, for CUDA)")
     ap.add_argument("--hidden", type=int, help="override the preset's hidden size")
     ap.add_argument("--intermediate", type=int, help="override the preset's MLP intermediate size")
     ap.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
