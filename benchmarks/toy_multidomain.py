@@ -1,6 +1,6 @@
 """Does modular gradient surgery help, at a scale we can run? A seeded multi-arm GRPO comparison on CPU.
 
-    python benchmarks/toy_multidomain.py                 # the default run: 8 arms x 2 settings x 10 seeds
+    python benchmarks/toy_multidomain.py                 # the default run: 9 arms x 2 settings x 10 seeds
     python benchmarks/toy_multidomain.py --quick         # smoke run (seconds; writes under runs/ unless --out)
     python benchmarks/toy_multidomain.py --seeds 3 --steps 60 --arms none,modular --settings default
     python benchmarks/toy_multidomain.py --from-json docs/results/toy_multidomain.json --compare modular-global
@@ -20,6 +20,8 @@ none                surgery="none": naive mixing (stock GRPO on the mixture)
 global              surgery="global": PCGrad over the whole model
 modular             surgery="modular", granularity="parameter": PCGrad per parameter tensor
 modular_block       surgery="modular", granularity="block": PCGrad per attention / MLP block
+modular_head        surgery="modular", granularity="head": PCGrad per attention head (q/k/v rows, o columns)
+                    and per module elsewhere
 sequential          surgery="none", one domain after the other (steps split in 3 equal phases)
 balance             surgery="none", balance="norm": equal-norm domains, no projection
 balance_modular     surgery="modular", balance="norm": equal norms per module, then PCGrad

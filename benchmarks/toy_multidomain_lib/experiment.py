@@ -31,6 +31,7 @@ ARMS: dict[str, dict] = {
     "global": {"surgery": "global"},
     "modular": {"surgery": "modular", "surgery_granularity": "parameter"},
     "modular_block": {"surgery": "modular", "surgery_granularity": "block"},
+    "modular_head": {"surgery": "modular", "surgery_granularity": "head"},
     "sequential": {"surgery": "none", "sequential": True},
     "balance": {"surgery": "none", "surgery_balance": "norm"},
     "balance_modular": {"surgery": "modular", "surgery_granularity": "parameter", "surgery_balance": "norm"},

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mgs._options import GRANULARITIES
-from mgs._partition import _LAYER, group_key, kind_of, module_of, trainable_parameters
+from mgs._partition import _LAYER, Partition, kind_of, module_of, trainable_parameters
 from mgs_tools.diagnose._results import DiagnoseError, DiagnoseResult, ModuleInfo
 
 
@@ -46,7 +46,9 @@ from mgs_tools.diagnose._results import DiagnoseError, DiagnoseResult, ModuleInf
 @dataclass(frozen=True)
 class _Layout:
     params: list[torch.Tensor]
-    module_of_param: list[int]
+    pieces_of_param: list[list[tuple[int, int | None, int, int]]]
+    """Per parameter, its pieces ``(module index, dim, start, stop)``: ``narrow(dim, start, stop - start)``, or the
+    whole parameter (dim None); more than one under sub-tensor granularities (heads, experts)."""
     modules: list[ModuleInfo]
     units: list[list[int]]
     """Parameter indices of each unit (a decoder layer, or one module outside the layers), in model order."""
@@ -71,27 +73,33 @@ def _layout(model: nn.Module, granularity: str) -> _Layout:
     if granularity not in GRANULARITIES:
         raise DiagnoseError(f"granularity={granularity!r} is not supported; "
                             f"choose one of {', '.join(GRANULARITIES)}.")
-    entries = trainable_parameters(model)
-    if not entries:
+    if not trainable_parameters(model):
         raise DiagnoseError("the model has no parameter with requires_grad=True; there is nothing to diagnose.")
-    keys: dict[str, int] = {}
-    info: list[dict[str, Any]] = []
+    try:  # the surgery's own grouping, slices included: what is diagnosed is what surgery would treat apart
+        partition = Partition.build(model, granularity)
+    except (ValueError, TypeError) as error:
+        raise DiagnoseError(str(error)) from None
+    info: list[dict[str, Any]] = [{"name": key, "layer": None, "kind": None, "families": set(), "numel": 0,
+                                   "prefix": None} for key in partition.group_names]
     unit_index: dict[str, int] = {}
     units: list[list[int]] = []
-    module_of_param = []
-    for p_idx, (names, param) in enumerate(entries):
+    pieces_of_param = []
+    for p_idx, (names, param, sliced) in enumerate(zip(partition.names, partition.params, partition.slicings)):
         name = names[0]
-        key = group_key(name, granularity)
         prefix = _layer_prefix(name)
-        if key not in keys:
-            keys[key] = len(keys)
-            layer = int(prefix.rpartition(".")[2]) if prefix else None
-            info.append({"name": key, "layer": layer, "kind": _label(key, name, granularity, prefix),
-                         "families": set(), "numel": 0, "prefix": prefix})
-        m = keys[key]
-        info[m]["families"].add(kind_of(name))
-        info[m]["numel"] += param.numel()
-        module_of_param.append(m)
+        if sliced.dim is None:
+            pieces = [(sliced.groups[0], None, 0, param.shape[0] if param.dim() else 1)]
+        else:
+            pieces = [(g, sliced.dim, i * sliced.size, (i + 1) * sliced.size) for i, g in enumerate(sliced.groups)]
+        pieces_of_param.append(pieces)
+        for m, dim, start, stop in pieces:
+            entry = info[m]
+            if entry["kind"] is None:
+                entry["layer"] = int(prefix.rpartition(".")[2]) if prefix else None
+                entry["kind"] = _label(entry["name"], name, granularity, prefix)
+                entry["prefix"] = prefix
+            entry["families"].add(kind_of(name))
+            entry["numel"] += param.numel() if dim is None else param.numel() // param.shape[dim] * (stop - start)
         unit = prefix or module_of(name)
         if unit not in unit_index:
             unit_index[unit] = len(units)
@@ -104,7 +112,7 @@ def _layout(model: nn.Module, granularity: str) -> _Layout:
             i["kind"] = i["name"][len(i["prefix"]) + 1 :] if i["prefix"] else i["name"]
     modules = [ModuleInfo(i["name"], i["layer"], i["kind"],
                           next(iter(i["families"])) if len(i["families"]) == 1 else "other", i["numel"]) for i in info]
-    return _Layout([p for _, p in entries], module_of_param, modules, units)
+    return _Layout(list(partition.params), pieces_of_param, modules, units)
 
 
 # -- rows → token ids --------------------------------------------------------------------------------------
@@ -211,7 +219,9 @@ def diagnose(
     :param batch_size: rows per forward/backward pass.
     :param max_rows: rows used per domain after shuffling (None: all).
     :param granularity: what a "module" is: ``"parameter"``, ``"module"`` (leaf module, default),
-        ``"block"`` (attention / MLP / rest of a layer) or ``"layer"``, as in :class:`mgs.GradientSurgery`.
+        ``"block"`` (attention / MLP / rest of a layer), ``"layer"``, ``"head"`` (each attention head of q/k/v/o),
+        ``"expert"`` (each expert of a fused MoE experts module) or ``"head+expert"``, as in
+        :class:`mgs.GradientSurgery` (heads from the model's config).
     :param layers_per_sweep: units (decoder layers, or modules outside the layers) per sweep; 0 = all at once.
     :param group_size: the former name of ``layers_per_sweep`` (deprecated: in mgs a *group* is a parameter group).
     :param seed: shuffles each domain's rows before the split into halves (:func:`split_halves`).
@@ -281,7 +291,10 @@ def diagnose(
                         del loss, grads
                         bar.update(1)
                 for n, buf in zip(chunk, buffers):
-                    gram[layout.module_of_param[n]] += (buf @ buf.T).to(device="cpu", dtype=torch.float64)
+                    shaped = buf.view(k2, *layout.params[n].shape)
+                    for m, dim, start, stop in layout.pieces_of_param[n]:
+                        x = buf if dim is None else shaped.narrow(dim + 1, start, stop - start).reshape(k2, -1)
+                        gram[m] += (x @ x.T).to(device="cpu", dtype=torch.float64)
                 del buffers
     finally:
         for p, flag in zip(layout.params, flags):

@@ -182,6 +182,37 @@ def test_granularities_share_the_global_cosine():
     assert modules["lm_head"].layer is None and modules["lm_head"].numel == 16 * len(toy.CHARS + ["", "", ""])
 
 
+def test_head_granularity_gives_per_head_cosines():
+    """--granularity head: one module per (projection, head), its cosine from the reference gradients' own slices (q/k/v
+    rows, o_proj columns, q/k/v bias entries), and the same whole-model cosine as every other granularity."""
+    model, tok = tiny(), toy.char_tokenizer()  # hidden 16, 2 heads of 8
+    rows = mixed_rows(2, 2)
+    data = diagnose(model, tok, rows, granularity="head", progress=False).to_json()
+    ref = reference(model, tok, rows)
+    heads: dict[str, list] = {}
+    for name in ref["copy"][0]:
+        module, _, kind = name.rpartition(".")
+        proj = module.rpartition(".")[2]
+        if proj in ("q_proj", "k_proj", "v_proj") or (proj == "o_proj" and kind == "weight"):
+            for h in range(2):
+                cut = (slice(None), slice(8 * h, 8 * h + 8)) if proj == "o_proj" else (slice(8 * h, 8 * h + 8),)
+                heads.setdefault(f"{module}:head{h}", []).append((name, cut))
+        else:
+            heads.setdefault(module, []).append((name, (slice(None),)))
+    assert [m["name"] for m in data["modules"]] == list(heads)
+    labels = [m["kind"] for m in data["modules"] if m["layer"] == 0]
+    assert labels[:2] == ["q_proj:head0", "q_proj:head1"] and "o_proj:head1" in labels
+    a, b = full(ref["copy"]), full(ref["sort"])
+
+    def cos(u, v, pieces):
+        x = torch.cat([u[n][cut].flatten() for n, cut in pieces])
+        y = torch.cat([v[n][cut].flatten() for n, cut in pieces])
+        return float(x @ y / (x.norm() * y.norm()))
+
+    assert data["pairs"]["copy|sort"]["cosine"] == pytest.approx([cos(a, b, p) for p in heads.values()], abs=2e-5)
+    assert data["pairs"]["copy|sort"]["global_cosine"] == pytest.approx(ref_cos(a, b, list(a)), abs=2e-5)
+
+
 def test_bf16_accumulates_in_fp32():
     tok, rows = toy.char_tokenizer(), mixed_rows(2, 2)
     fp32 = diagnose(tiny(), tok, rows, batch_size=2, progress=False)
