@@ -1,6 +1,8 @@
 """Does modular gradient surgery help, at a scale we can run? A seeded multi-arm GRPO comparison on CPU.
 
-    python benchmarks/toy_multidomain.py                 # the default run: 9 arms x 2 settings x 10 seeds
+    python benchmarks/toy_multidomain.py                 # the default run: 8 arms x 2 settings x 10 seeds
+    python benchmarks/toy_multidomain.py --arms none,sequential,sequential_reverse,sequential_refresh,sequential_rollback_mlp,sequential_rollback_joint --settings default --out docs/results/forgetting   # issue 19
+    python benchmarks/toy_multidomain.py --arms none,modular,modular_head --out docs/results/head   # issue 14
     python benchmarks/toy_multidomain.py --quick         # smoke run (seconds; writes under runs/ unless --out)
     python benchmarks/toy_multidomain.py --seeds 3 --steps 60 --arms none,modular --settings default
     python benchmarks/toy_multidomain.py --from-json docs/results/toy_multidomain.json --compare modular-global
@@ -81,6 +83,8 @@ from pathlib import Path
 from toy_multidomain_lib.experiment import (
     ARMS,
     DEFAULT,
+    DEFAULT_ARMS,
+    DERIVED,
     NOISE_STEPS,
     QUICK,
     SETTINGS,
@@ -136,7 +140,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1); default 10, 2 with --quick")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms: {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated arms: {', '.join(ARMS)} (default: {', '.join(DEFAULT_ARMS)})")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated settings: {', '.join(SETTINGS)}")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--from-json", default=None, metavar="PATH",
@@ -168,6 +173,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.arm_list = _names(args.arms, ARMS, "arms")
     if "none" not in args.arm_list:
         args.arm_list = ["none", *args.arm_list]  # the reference of every paired difference
+    if any(a in DERIVED for a in args.arm_list) and "sequential" not in args.arm_list:
+        args.arm_list.insert(1, "sequential")  # the rollback arms are computed from the sequential run
     args.setting_list = _names(args.settings, SETTINGS, "settings")
     return args
 
@@ -252,14 +259,17 @@ def main(argv: list[str] | None = None) -> dict:
     _check_arms(args.compare_pairs, args.arm_list)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    jobs = [(s, a, seed) for seed in seeds for s in args.setting_list for a in args.arm_list]
+    jobs = [(s, a, seed) for seed in seeds for s in args.setting_list for a in args.arm_list if a not in DERIVED]
+    derive = tuple(a for a in args.arm_list if a in DERIVED)
     print(f"{len(seeds)} warm starts, then {len(jobs)} GRPO runs of {size.steps} steps on {args.workers} workers", flush=True)
     runs = []
     with _warm_started_pool(size, seeds, args.workers, start) as (pool, paths, warm):
-        futures = [pool.submit(run_arm, size, s, a, seed, paths[seed]) for s, a, seed in jobs]
+        futures = [pool.submit(run_arm, size, s, a, seed, paths[seed], derive if a == "sequential" else ())
+                   for s, a, seed in jobs]
         for i, future in enumerate(futures):
             run = future.result()
             runs.append(run)
+            runs.extend(run.pop("derived", None) or [])
             final = _mean([run["eval"][d][-1] for d in size.domains])
             print(f"[{i + 1}/{len(jobs)}] {run['setting']:8s} {run['arm']:16s} seed {run['seed']:2d}: mean final "
                   f"{final:.3f} ({run['seconds']:.1f} s, elapsed {time.perf_counter() - start:.0f} s)", flush=True)

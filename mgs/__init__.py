@@ -9,6 +9,7 @@ The pipeline, one file per step: :mod:`mgs._partition` (parameters â†’ groups) â
 the tools that need transformers (``mgs-diagnose``, the toy model) ``mgs_tools``.
 """
 
+from mgs._curriculum import CurriculumPhase, CurriculumPlan, plan_curriculum, sequential_phases
 from mgs._mixing import MixturePlan, batch_counts, plan_mixture
 from mgs._options import BALANCES, GRANULARITIES, ON_NONFINITE, SURGERY_MODES, SurgeryOptions
 from mgs._partition import KINDS
@@ -21,6 +22,8 @@ __version__ = "0.2.0.dev0"
 __all__ = [
     "AttentionHeads",
     "BALANCES",
+    "CurriculumPhase",
+    "CurriculumPlan",
     "GRANULARITIES",
     "GradientSurgery",
     "KINDS",
@@ -33,6 +36,8 @@ __all__ = [
     "TensorSlices",
     "batch_counts",
     "method_names",
+    "plan_curriculum",
     "plan_mixture",
     "register_method",
+    "sequential_phases",
 ]

@@ -9,7 +9,9 @@ most output positions, so the domains' gradients keep conflicting as training go
 
 Command line (the inputs of docs/diagnose.md's worked examples): ``python -m mgs_tools.toy train --out DIR`` saves a
 toy model trained on every domain (:func:`train_toy`); ``python -m mgs_tools.toy sample --model DIR --out FILE.jsonl``
-writes GRPO-style rows, sampled completions with group-normalised advantages (:func:`grpo_rows`).
+writes GRPO-style rows, sampled completions with group-normalised advantages (:func:`grpo_rows`);
+``python -m mgs_tools.toy sequential --out DIR`` saves a toy base and its checkpoint after each of a sequence of
+single-domain fine-tuning phases (:func:`train_phases`; the input of ``mgs-forgetting``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,34 @@ def train_toy(steps: int = 300, *, seed: int = 0, batch_size: int = 32, learning
     return model.eval(), tokenizer
 
 
+def train_phases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, domains: Sequence[str], steps: int, *,
+                 seed: int = 0, batch_size: int = 32, learning_rate: float = 1e-3, rows_per_domain: int = 512
+                 ) -> list[dict[str, torch.Tensor]]:
+    """Sequential fine-tuning: ``steps`` AdamW steps (no weight decay) on the completions of each of ``domains`` in
+    turn, with one optimizer throughout. Returns a copy of the ``state_dict`` after each phase (the input of
+    ``mgs-forgetting``)."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1; got steps={steps}, batch_size={batch_size}.")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    model.train()
+    states = []
+    for domain in domains:
+        rows = domain_rows(domain, rows_per_domain, seed=1)
+        for _ in range(steps):
+            batch = [rows[i] for i in torch.randint(len(rows), (batch_size,)).tolist()]
+            ids = torch.tensor([tokenizer(r["prompt"] + r["completion"])["input_ids"] + [tokenizer.eos_token_id]
+                                for r in batch])
+            labels = ids.clone()
+            labels[:, : len(batch[0]["prompt"])] = -100
+            model(input_ids=ids, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    model.eval()
+    return states
+
+
 def grpo_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, *, prompts_per_domain: int = 8,
               generations: int = 8, seed: int = 0, length: int = 4, max_new_tokens: int = 6,
               temperature: float = 1.0) -> list[dict]:
@@ -165,6 +195,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument("--batch-size", type=int, default=32, help="rows per step")
     train.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW learning rate")
     train.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling")
+    seq = commands.add_parser("sequential", help="train a toy base, then fine-tune it on one domain after another; "
+                              "save the base and every phase (the input of mgs-forgetting)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    seq.add_argument("--out", required=True, help="folder: OUT/base and OUT/<domain> for each phase")
+    seq.add_argument("--order", default="copy,reverse", help="the phases' domains, in order")
+    seq.add_argument("--base-steps", type=int, default=300, help="AdamW steps of the base on every domain")
+    seq.add_argument("--steps", type=int, default=100, help="AdamW steps per phase")
+    seq.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate of the phases")
+    seq.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling")
     sample = commands.add_parser("sample", help="sample GRPO-style rows (completions with advantages) from a model",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("--model", required=True, help="a folder written by `train`")
@@ -184,6 +223,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         model.save_pretrained(args.out)
         tokenizer.save_pretrained(args.out)
         print(f"wrote {args.out}: the toy model after {args.steps} steps")
+        return
+    if args.command == "sequential":
+        order = [d.strip() for d in args.order.split(",") if d.strip()]
+        unknown = [d for d in order if d not in TRANSFORMS]
+        if unknown or not order or args.steps < 1 or args.base_steps < 0:
+            parser.error(f"--order takes toy domains ({', '.join(TRANSFORMS)}; got {args.order!r}), --steps >= 1 and "
+                         f"--base-steps >= 0.")
+        model, tokenizer = train_toy(args.base_steps, seed=args.seed)
+        model.save_pretrained(os.path.join(args.out, "base"))
+        tokenizer.save_pretrained(os.path.join(args.out, "base"))
+        for domain, state in zip(order, train_phases(model, tokenizer, order, args.steps, seed=args.seed,
+                                                     learning_rate=args.learning_rate)):
+            model.load_state_dict(state)
+            model.save_pretrained(os.path.join(args.out, domain))
+            tokenizer.save_pretrained(os.path.join(args.out, domain))
+        print(f"wrote {args.out}: base ({args.base_steps} steps) and phases {', '.join(order)} ({args.steps} steps each)")
         return
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model}: no such folder; write one with: python -m mgs_tools.toy train --out DIR")

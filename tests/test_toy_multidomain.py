@@ -31,7 +31,9 @@ def test_statistics():
     assert d["mean"] == pytest.approx(0.2) and d["hi"] - d["mean"] == pytest.approx(12.706 * 0.1)  # t * sd / sqrt(n)
     assert st.t_quantile(9) == 2.262 and st.t_quantile(35) == 2.042 and st.t_quantile(500) == 1.980
     assert st.auc([0, 10, 20], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
-    assert ex._phases(ex.Size(steps=10)) == [(0, 3), (3, 6), (6, 10)]
+    assert ex._phases(ex.Size(steps=10)) == [("copy", (0, 3)), ("reverse", (3, 6)), ("sort", (6, 10))]
+    assert ex._phases(ex.Size(steps=10), ("sort", "reverse", "copy"), refresh=0.1) == [
+        ("sort", (0, 3)), ("reverse", (3, 6)), ("copy", (6, 9)), ("sort", (9, 10))]
 
 
 def test_sequential_and_mixed_data_draw_from_the_same_pools():
@@ -61,20 +63,20 @@ def test_quick_run(tmp_path):
     assert "Command: `python benchmarks/toy_multidomain.py --quick" in table and "Wall time:" in table
 
     # Every arm has a row in both tables of every setting.
-    assert data["arms"] == list(ex.ARMS) and list(data["settings"]) == list(ex.SETTINGS)
-    for arm in ex.ARMS:
+    assert data["arms"] == list(ex.DEFAULT_ARMS) and list(data["settings"]) == list(ex.SETTINGS)
+    for arm in ex.DEFAULT_ARMS:
         assert table.count(f"| {arm} |") == 2 * len(ex.SETTINGS), arm
 
     # The reference arm's paired difference against itself is exactly 0.
     for setting, rows in data["summary"].items():
         for key, diff in rows["none"]["diff"].items():
             assert diff["mean"] == diff["lo"] == diff["hi"] == 0.0, (setting, key)
-        assert set(rows) == set(ex.ARMS)
+        assert set(rows) == set(ex.DEFAULT_ARMS)
     assert "| none | +0.000 [+0.000, +0.000] |" in table
 
     # Same curve lengths for every run, and the same evaluation steps.
     runs, size = data["runs"], data["size"]
-    assert len(runs) == len(ex.ARMS) * len(ex.SETTINGS) * len(data["seeds"])
+    assert len(runs) == len(ex.DEFAULT_ARMS) * len(ex.SETTINGS) * len(data["seeds"])
     steps = runs[0]["eval_steps"]
     assert steps[0] == 0 and steps[-1] == size["steps"]
     for run in runs:
@@ -95,6 +97,48 @@ def test_quick_run(tmp_path):
     for run in runs:
         if run["arm"] in ("none", "sequential"):
             assert all(c == 0 for c in run["change_ratio"] if c is not None)
+
+
+def test_refresh_rows_continue_the_first_domain_pool():
+    from mgs_tools.toy import domain_rows
+
+    size = ex.Size(steps=10, prompts_per_domain=1)
+    rows = ex._grpo_rows(size, 0, True, ("copy", "reverse", "sort"), refresh=0.1)
+    assert [r["domain"] for r in rows] == ["copy"] * 9 + ["reverse"] * 9 + ["sort"] * 9 + ["copy"] * 3
+    pool = [r["prompt"] for r in domain_rows("copy", 10 * 3, size.digits, seed=1)]
+    copy = [r["prompt"] for r in rows if r["domain"] == "copy"]
+    assert copy == pool[:12]  # the refresh takes the copy prompts after those of its first phase
+    plain = ex._grpo_rows(size, 0, True)
+    assert [r["domain"] for r in plain] == ["copy"] * 9 + ["reverse"] * 9 + ["sort"] * 12
+
+
+def test_forgetting_arms_quick(tmp_path):
+    """The forgetting arms at smoke size: the rollback arms are the sequential run with its last evaluation replaced
+    by the rolled-back model's, and the sequential run carries mgs-forgetting's analysis."""
+    out = tmp_path / "forgetting"
+    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--steps", "4", "--eval-every", "2", "--settings",
+                             "default", "--arms", "sequential_refresh,sequential_rollback_mlp,sequential_rollback_joint",
+                             "--compare", "sequential_refresh-sequential", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "toy_multidomain.json").read_text())
+    assert data["arms"] == ["none", "sequential", "sequential_refresh", "sequential_rollback_mlp",
+                            "sequential_rollback_joint"]
+    runs = {(r["arm"], r["seed"]): r for r in data["runs"]}
+    assert len(runs) == 5 * 2
+    for seed in data["seeds"]:
+        seq = runs["sequential", seed]
+        analysis = seq["forgetting"]
+        assert set(analysis["sparsity"]) == set(ex.DOMAINS)
+        assert {"actual", "first_order", "second_order", "residual"} <= set(analysis["damage"])
+        assert analysis["rollback"]["after"] == {d: pytest.approx(v[-1], abs=1e-6) for d, v in seq["eval"].items()}
+        for arm, (scope, percent) in ex.DERIVED.items():
+            rolled = runs[arm, seed]
+            assert rolled["rollback"]["scope"] == scope and rolled["rollback"]["percent"] == percent
+            assert {d: v[:-1] for d, v in rolled["eval"].items()} == {d: v[:-1] for d, v in seq["eval"].items()}
+            point = next(p for p in analysis["rollback"]["curves"][scope] if p["percent"] == percent)
+            assert {d: v[-1] for d, v in rolled["eval"].items()} == point["value"]
+    assert "sequential_refresh-sequential" in data["comparisons"]["default"]
 
 
 RESULTS = ROOT / "docs" / "results"

@@ -17,6 +17,18 @@ prompts holds the same per-domain counts (largest remainder), in a seeded order.
 sampler then reads one block per step. The layout is rebuilt from the files and the seed whenever verl
 re-reads them (a resumed run continues it exactly). Validation files are left as they are.
 
+**Curricula** (sequential training, a final refresh): ``data.mixture.curriculum`` lays the train rows out in phases
+with :func:`mgs.plan_curriculum` instead (the domains are still those of ``proportions``, which then only list them)::
+
+      mixture:
+        proportions: {math: 0.5, chat: 0.5}
+        curriculum: {order: [math, chat], num_batches: 200, refresh_fraction: 0.1}   # mgs.sequential_phases
+        # or explicit phases: [{proportions: {math: 1.0}, num_batches: 100}, {proportions: {chat: 1.0}, ...}]
+
+The dataset then has exactly ``num_batches × batch size`` rows: with ``trainer.total_epochs=1`` each train step
+reads one batch of the curriculum, in order (``recipes/verl/sequential_*.yaml``). A resumed run re-reads the same
+layout and verl's sampler skips the batches already trained.
+
 What the proportions survive: the rollout repeats each prompt ``rollout.n`` times, so a train batch
 keeps them. Filtered prompts (``filter_overlong_prompts``) are dropped before planning. What breaks them:
 ``data.shuffle=true`` (refused), ``trainer.balance_batch=true`` (verl's default; it regroups rows across
@@ -28,7 +40,7 @@ from __future__ import annotations
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from mgs import plan_mixture
+from mgs import plan_curriculum, plan_mixture, sequential_phases
 from mgs.integration import DomainIndex
 from verl_mgs import _upstream
 
@@ -59,8 +71,13 @@ class MixtureDataset(RLHFDataset):
         for i, domain in enumerate(index.ids(index.of_values(self.dataframe[index.field]))):
             by_domain[index.domains[domain]].append(i)
         batch_size = self.config.get("gen_batch_size") or self.config.train_batch_size
-        plan = plan_mixture({d: len(rows) for d, rows in by_domain.items()}, proportions, int(batch_size),
-                            seed=int(mixture.get("seed", 0)), stopping=str(mixture.get("stopping", "cycle")))
+        sizes = {d: len(rows) for d, rows in by_domain.items()}
+        seed, stopping = int(mixture.get("seed", 0)), str(mixture.get("stopping", "cycle"))
+        curriculum = mixture.get("curriculum")
+        if curriculum:
+            plan = plan_curriculum(sizes, _phases(curriculum), int(batch_size), seed=seed, stopping=stopping)
+        else:
+            plan = plan_mixture(sizes, proportions, int(batch_size), seed=seed, stopping=stopping)
         self.mixture_plan = plan
         self.dataframe = self.dataframe.select([by_domain[d][i] for d, i in plan.rows()])
 
@@ -74,3 +91,17 @@ class MixtureDataset(RLHFDataset):
     def _train_files(self) -> list:
         train = self.config.get("train_files")
         return [train] if isinstance(train, str) else list(train or [])
+
+
+def _phases(curriculum) -> list:
+    """``data.mixture.curriculum`` as :func:`mgs.plan_curriculum` phases: a mapping ``{order, num_batches,
+    refresh_fraction}`` (:func:`mgs.sequential_phases`) or a list of ``{proportions, num_batches, name}``."""
+    if hasattr(curriculum, "keys"):
+        unknown = sorted(set(curriculum.keys()) - {"order", "num_batches", "refresh_fraction"})
+        if unknown or "order" not in curriculum or "num_batches" not in curriculum:
+            raise ValueError("data.mixture.curriculum as a mapping takes order, num_batches and refresh_fraction, e.g. "
+                             f"{{order: [math, chat], num_batches: 200}}; got keys {sorted(curriculum.keys())}.")
+        return sequential_phases([str(d) for d in curriculum["order"]], int(curriculum["num_batches"]),
+                                 refresh_fraction=float(curriculum.get("refresh_fraction", 0.0)))
+    return [{"proportions": {str(d): float(p) for d, p in dict(phase["proportions"]).items()},
+             "num_batches": int(phase["num_batches"]), "name": str(phase.get("name", ""))} for phase in curriculum]

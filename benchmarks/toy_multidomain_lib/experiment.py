@@ -36,8 +36,22 @@ ARMS: dict[str, dict] = {
     "balance": {"surgery": "none", "surgery_balance": "norm"},
     "balance_modular": {"surgery": "modular", "surgery_granularity": "parameter", "surgery_balance": "norm"},
     "modular_ema": {"surgery": "modular", "surgery_granularity": "parameter", "surgery_gram_ema": 0.9},
+    "sequential_reverse": {"surgery": "none", "sequential": True, "order": "reverse"},
+    "sequential_refresh": {"surgery": "none", "sequential": True, "refresh": 0.1},
+    "sequential_rollback_mlp": {"surgery": "none", "sequential": True, "rollback": ("mlp", 2.0)},
+    "sequential_rollback_joint": {"surgery": "none", "sequential": True, "rollback": ("joint", 32.0)},
 }
-"""Arm name -> MGSGRPOConfig overrides (``sequential`` is this benchmark's own: one domain per phase)."""
+"""Arm name -> MGSGRPOConfig overrides. The benchmark's own keys: ``sequential`` (one domain per phase, phases from
+:func:`mgs.sequential_phases`), ``order`` (``"reverse"``: the domains in reverse order), ``refresh`` (a final phase of
+the first domain with this fraction of the steps, taken from the others: same total), ``rollback`` (``(scope,
+percent)``: the plain sequential run, then ``mgs-forgetting``'s conflict-subspace rollback toward the checkpoint after
+the first phase; derived from the ``sequential`` run of the same seed, not trained again)."""
+
+DEFAULT_ARMS = ("none", "global", "modular", "modular_block", "sequential", "balance", "balance_modular", "modular_ema")
+"""The arms of a run without ``--arms`` (``modular_head`` and the forgetting arms run when named)."""
+
+DERIVED = {a: c["rollback"] for a, c in ARMS.items() if "rollback" in c}
+"""Arms computed from the ``sequential`` run of their seed: arm -> (scope, percent)."""
 
 SETTINGS: dict[str, dict] = {
     "default": {"scale_rewards": "group", "reward_scale": {}},
@@ -121,11 +135,12 @@ def warm_start(size: Size, seed: int, path: str) -> dict:
     return {"seed": seed, "checksum": _checksum(model), "seconds": time.perf_counter() - start}
 
 
-def _grpo_rows(size: Size, seed: int, sequential: bool) -> list[dict]:
+def _grpo_rows(size: Size, seed: int, sequential: bool, order: tuple[str, ...] | None = None,
+               refresh: float = 0.0) -> list[dict]:
     """The GRPO prompts in training order: ``prompts_per_domain`` of each domain per step (mixed, the same for
-    every mixed arm), or one domain's prompts per step for a third of the steps each (sequential). Both draw
-    from the same per-domain pool: the mixed arms in :func:`mgs.plan_mixture`'s seeded order, the sequential arm in
-    pool order."""
+    every mixed arm), or one domain's prompts per step in the phases of :func:`_phases` (sequential). Both draw
+    from the same per-domain pool: the mixed arms in :func:`mgs.plan_mixture`'s seeded order, the sequential arms in
+    pool order (a refresh phase continues its domain's pool where its first phase stopped)."""
     from mgs_tools.toy import domain_rows
     from trl_mgs import interleave_domains
 
@@ -137,16 +152,25 @@ def _grpo_rows(size: Size, seed: int, sequential: bool) -> list[dict]:
         mixed = interleave_domains(sources, {d: 1 / len(size.domains) for d in size.domains}, batch_size=per_step,
                                    seed=seed, num_batches=size.steps, stopping="first_exhausted")
         return [dict(row) for row in mixed]
-    rows = []
-    for d, (first, last) in zip(size.domains, _phases(size)):
-        rows += [{**r, "domain": d} for r in sources[d][: (last - first) * per_step]]
+    rows, used = [], {d: 0 for d in size.domains}
+    for d, (first, last) in _phases(size, order, refresh):
+        n = (last - first) * per_step
+        rows += [{**r, "domain": d} for r in sources[d][used[d] : used[d] + n]]
+        used[d] += n
     return rows
 
 
-def _phases(size: Size) -> list[tuple[int, int]]:
-    """Sequential arm: [first, last) steps of each domain, in ``size.domains`` order (equal thirds, remainder last)."""
-    k, n = len(size.domains), size.steps // len(size.domains)
-    return [(i * n, size.steps if i == k - 1 else (i + 1) * n) for i in range(k)]
+def _phases(size: Size, order: tuple[str, ...] | None = None, refresh: float = 0.0) -> list[tuple[str, tuple[int, int]]]:
+    """Sequential arms: each phase's domain and its [first, last) steps, from :func:`mgs.sequential_phases` (equal
+    shares in ``order``, remainder last; with ``refresh``, a final phase of the first domain)."""
+    from mgs import sequential_phases
+
+    out, start = [], 0
+    for phase in sequential_phases(order or size.domains, size.steps, refresh_fraction=refresh):
+        (domain,) = [d for d, p in phase.proportions.items() if p > 0]
+        out.append((domain, (start, start + phase.num_batches)))
+        start += phase.num_batches
+    return out
 
 
 def _eval_rows(size: Size, seed: int) -> dict[str, list[dict]]:
@@ -156,6 +180,11 @@ def _eval_rows(size: Size, seed: int) -> dict[str, list[dict]]:
 
 
 def _evaluate(model, tokenizer, rows: dict[str, list[dict]], size: Size, seed: int) -> dict[str, float]:
+    """Mean over prompts of :func:`_evaluate_rows`."""
+    return {d: sum(v) / len(v) for d, v in _evaluate_rows(model, tokenizer, rows, size, seed).items()}
+
+
+def _evaluate_rows(model, tokenizer, rows: dict[str, list[dict]], size: Size, seed: int) -> dict[str, list[float]]:
     """Mean score per domain of ``size.eval_samples`` completions per prompt sampled at temperature 1 (GRPO's
     objective), from a private generator seeded by ``seed`` (the training RNG is left as it was). Every toy
     prompt has the same length: no padding."""
@@ -177,7 +206,9 @@ def _evaluate(model, tokenizer, rows: dict[str, list[dict]], size: Size, seed: i
                                        eos_token_id=tokenizer.eos_token_id)
             texts = tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
             expected = [r["completion"] for r in group for _ in range(size.eval_samples)]
-            out[d] = sum(score(t, e) for t, e in zip(texts, expected)) / len(expected)
+            scores = [score(t, e) for t, e in zip(texts, expected)]
+            k = size.eval_samples
+            out[d] = [sum(scores[i : i + k]) / k for i in range(0, len(scores), k)]  # per prompt
     model.train(was_training)
     return out
 
@@ -199,8 +230,10 @@ def _grpo_config(size: Size, seed: int, output_dir: str, per_step: int, scale_re
     )
 
 
-def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> dict:
-    """One GRPO run of ``arm`` under ``setting`` from the seed's warm start; returns its curves and statistics."""
+def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str, derive: tuple[str, ...] = ()) -> dict:
+    """One GRPO run of ``arm`` under ``setting`` from the seed's warm start; returns its curves and statistics.
+    ``derive`` (with ``arm="sequential"``): the rollback arms (:data:`DERIVED`) to compute from this run, returned
+    under ``"derived"``."""
     import torch
     from transformers import PrinterCallback, TrainerCallback
 
@@ -211,6 +244,11 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
     start = time.perf_counter()
     overrides = dict(ARMS[arm])
     sequential = overrides.pop("sequential", False)
+    order = tuple(reversed(size.domains)) if overrides.pop("order", None) == "reverse" else tuple(size.domains)
+    refresh = overrides.pop("refresh", 0.0)
+    overrides.pop("rollback", None)
+    phase_ends = {last: d for d, (_, last) in _phases(size, order, refresh)} if sequential else {}
+    snapshots: dict[int, dict] = {}
     conf = SETTINGS[setting]
     scales = {d: float(conf["reward_scale"].get(d, 1.0)) for d in size.domains}
 
@@ -238,13 +276,15 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % size.eval_every == 0 or state.global_step == size.steps:
                 self._record(state.global_step, model)
+            if derive and state.global_step in phase_ends:
+                snapshots[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     with tempfile.TemporaryDirectory() as tmp:
         args = _grpo_config(size, seed, tmp, per_step, conf["scale_rewards"], list(size.domains), size.learning_rate,
                             size.steps, **overrides)
         from datasets import Dataset
 
-        dataset = Dataset.from_list(_grpo_rows(size, seed, sequential))
+        dataset = Dataset.from_list(_grpo_rows(size, seed, sequential, order, refresh))
         trainer = MGSGRPOTrainer(model=model, reward_funcs=[toy_reward], args=args, train_dataset=dataset,
                                  processing_class=tokenizer, callbacks=[Evaluate()])
         trainer.remove_callback(PrinterCallback)  # the per-step log dicts; the curves are read from log_history
@@ -255,13 +295,72 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
         return [None if h.get(key) is None or (isinstance(h.get(key), float) and math.isnan(h[key]))
                 else h[key] / scale for h in history]
 
-    return {
+    run = {
         "setting": setting, "arm": arm, "seed": seed, "checksum": checksum,
         "eval_steps": eval_steps, "eval": evals,
         "train_reward": {d: series(f"mgs/reward/{d}/mean", scales[d]) for d in size.domains},
         "update_norm": series("mgs/update_norm"), "change_ratio": series("mgs/change_ratio"),
         "cosine_global": series("mgs/cosine_global"), "conflict_frac": series("mgs/conflict_frac"),
-        "seconds": time.perf_counter() - start,
+    }
+    if derive:
+        if arm != "sequential":
+            raise ValueError(f"rollback arms are derived from the sequential arm, not {arm!r}.")
+        warm = torch.load(warm_path, weights_only=True)
+        states = [warm] + [snapshots[last] for last in sorted(snapshots)]
+        analysis = forgetting_analysis(size, seed, trainer.model, tokenizer, states, list(order),
+                                       [DERIVED[a] for a in derive], eval_rows)
+        run["forgetting"] = analysis
+        run["derived"] = []
+        for name in derive:
+            scope, percent = DERIVED[name]
+            point = next(p for p in analysis["rollback"]["curves"][scope] if p["percent"] == percent)
+            rolled = {d: v[:-1] + [point["value"][d]] for d, v in evals.items()}
+            run["derived"].append({**run, "arm": name, "seconds": 0.0, "eval": rolled, "forgetting": None, "derived": None,
+                                   "rollback": {"scope": scope, "percent": percent, "units": point["units"],
+                                                "of": point["of"], "recovery": point["recovery"]}})
+        for r in run["derived"]:
+            r.pop("derived")
+            r.pop("forgetting")
+    run["seconds"] = time.perf_counter() - start
+    return run
+
+
+FORGETTING_ROWS = 32
+"""Rows per domain (prompt + target completion, ``domain_rows(..., seed=seed + 2000)``) for the analysis's routes
+and damage decomposition: disjoint in seed from the training pool (seed + 1) and the evaluation prompts (seed +
+1000)."""
+
+
+def forgetting_analysis(size: Size, seed: int, model, tokenizer, states: list[dict], order: list[str],
+                        rollbacks: list[tuple[str, float]], eval_rows: dict[str, list[dict]]) -> dict:
+    """:func:`mgs_tools.forgetting.analyze` of one sequential run: the warm start and the state after each phase;
+    the rollback toward the first phase's state, evaluated by the benchmark's final evaluation (same prompts, same
+    sampling seed), so its ``after`` is the run's final evaluation. Returns a compact summary and the curves."""
+    from mgs_tools.forgetting import Checkpoint, analyze
+    from mgs_tools.toy import domain_rows
+
+    checkpoints = [Checkpoint(s, label=label) for s, label in zip(states, ["warm start", *order])]
+    rows = {d: domain_rows(d, FORGETTING_ROWS, size.digits, seed=seed + 2000) for d in size.domains}
+    final_seed = 1000 * seed + size.steps
+
+    def evaluate(m):
+        return _evaluate_rows(m, tokenizer, eval_rows, size, seed=final_seed)
+
+    result = analyze(checkpoints, order, model, tokenizer, rows, evaluate=evaluate, max_rows=FORGETTING_ROWS,
+                     rollback_percents=sorted({p for _, p in rollbacks}), config=model.config)
+    d = result["damage"]
+    return {
+        "sparsity": {p: result["sparsity"][p]["overall"] for p in order},
+        "edits": {k: v["overall"] for k, v in result["edits"]["pairs"].items()},
+        "edits_by_kind": {k: v["by_kind"] for k, v in result["edits"]["pairs"].items()},
+        "routes": {k: v["overall"] for k, v in result["routes"]["pairs"].items()},
+        "routes_by_kind": {k: v["by_kind"] for k, v in result["routes"]["pairs"].items()},
+        "chance": {"edits": result["edits"]["chance"], "routes": result["routes"]["chance"]},
+        "damage": {k: d[k] for k in ("loss_before", "loss_after", "actual", "first_order", "second_order", "residual",
+                                     "delta_norm")} | {"by_unit_kind": d["by_unit_kind"]},
+        "gradient_cosine": {k: {x: v[x] for x in ("global", "negative_frac", "most_conflicting", "most_synergistic")}
+                            for k, v in d["gradient_cosine"].items()},
+        "rollback": {k: result["rollback"][k] for k in ("before", "after", "noise", "curves")},
     }
 
 

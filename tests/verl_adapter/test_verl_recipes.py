@@ -211,3 +211,30 @@ def test_surgery_settings_on_verls_own_engine_config_are_an_error_not_ignored():
     cfg = compose(ARMS[0], ["actor_rollout_ref.actor.fsdp_config._target_=verl.workers.config.FSDPEngineConfig"])
     with pytest.raises(Exception, match="surgery"):
         omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+# ----------------------------------------------------------------------------- sequential recipes (issue 19)
+@pytest.mark.parametrize("order", [("math", "chat"), ("chat", "math")])
+def test_sequential_recipes_compose_and_lay_out_their_phases(order, prepared, monkeypatch):
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.config import omega_conf_to_dataclass
+
+    monkeypatch.chdir(ROOT)
+    name = f"sequential_qwen2.5_7b_{order[0]}_to_{order[1]}"
+    cfg = compose(name)
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).fsdp_config.surgery == "none"
+    assert list(cfg.data.mixture.curriculum.order) == list(order) and cfg.trainer.total_epochs == 1
+    train = [str(prepared / d / "train.parquet") for d in ("math", "chat")]
+    cfg = compose(name, [f"data.train_files=[{','.join(train)}]", "data.train_batch_size=4",
+                         "data.mixture.curriculum.num_batches=10", "data.mixture.curriculum.refresh_fraction=0.2"])
+    dataset = create_rl_dataset(train, cfg.data, _tokenizer(), None)
+    sources = dataset.dataframe["data_source"]
+    assert len(sources) == 40  # exactly num_batches x batch size: one pass is the curriculum
+    first, second = order
+    assert sources == [first] * 16 + [second] * 16 + [first] * 8  # 4 + 4 batches, then a refresh of 2
+    assert dataset.mixture_plan.phase_names == (first, second, f"{first} (refresh)")
+
+
+def test_mixture_dataset_curriculum_errors(prepared):
+    with pytest.raises(ValueError, match="order, num_batches and refresh_fraction"):
+        _dataset(prepared, ["+data.mixture.curriculum={order: [math], steps: 3}"])
