@@ -74,8 +74,10 @@ def test_core_bench_has_every_case_with_timings(smoke):
 
 def test_sync_step_ran_the_cpu_sync_free_test(smoke):
     sync = smoke[0]["steps"]["sync"]
-    assert sync["tests"]["test_apply_is_sync_free"]["outcome"] == "passed"
-    assert "test_apply_is_sync_free_on_cuda" in sync["tests"]  # collected: on a GPU it must pass
+    for name in ("test_apply_is_sync_free", "test_sub_tensor_apply_is_sync_free"):
+        assert sync["tests"][name]["outcome"] == "passed"
+    for name in ("test_apply_is_sync_free_on_cuda", "test_sub_tensor_apply_is_sync_free_on_cuda"):
+        assert name in sync["tests"]  # collected: on a GPU it must pass
 
 
 @pytest.mark.skipif(not _installed("trl"), reason="trl is not installed")

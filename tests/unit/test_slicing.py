@@ -359,3 +359,43 @@ def test_the_checkpoint_and_rank_fingerprints_cover_the_slices():
         other_heads.load_state_dict(state)
     assert head._layout() != other_heads._layout()
     mgs.GradientSurgery(model, granularity="head", domains=DOMAINS[:2]).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- no host sync
+def _sliced_case(device: str = "cpu"):
+    model = dense_qwen2(layers=1).to(device)
+    groups = reference_groups(model, "head")
+    surgery = mgs.GradientSurgery(model, granularity="head", domains=DOMAINS[:3], seed=SEED, conflict_threshold=0.1)
+    grads = draw_grads(model.cpu(), groups, 3, seed=2)
+    model.to(device)
+    feed(surgery, model, {n: [g.to(device) for g in gs] for n, gs in grads.items()}, DOMAINS[:3])
+    expected, _ = reference_result(grads, groups, {key: i for i, key in enumerate(surgery.group_slices())}, 3, SEED,
+                                   0, threshold=0.1)
+    return model, surgery, expected
+
+
+def test_sub_tensor_apply_is_sync_free(monkeypatch):
+    """Spans of units and the threshold add no host sync to apply() (the CUDA variant below checks it on a GPU)."""
+    model, surgery, expected = _sliced_case()
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("host sync inside apply()")
+
+    for attr in ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, attr, forbidden)
+    surgery.apply(step=0)
+    monkeypatch.undo()
+    assert max_error(model, expected) < TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sub_tensor_apply_is_sync_free_on_cuda():
+    model, surgery, expected = _sliced_case("cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        surgery.apply(step=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    model.cpu()
+    assert max_error(model, expected) < TOL
