@@ -108,10 +108,11 @@ def model_config(model: object) -> object | None:
     """The (text) config of a Hugging Face model, through DDP (``.module``) and PEFT wrappers; None if none."""
     for candidate in (model, getattr(model, "module", None)):
         config = getattr(candidate, "config", None)
-        if config is not None and hasattr(config, "num_attention_heads") is False and hasattr(config, "get_text_config"):
-            config = config.get_text_config()
-        if config is not None:
-            return config
+        if config is None:
+            continue
+        if not hasattr(config, "num_attention_heads") and callable(getattr(config, "get_text_config", None)):
+            config = config.get_text_config()  # multimodal models keep the language model's layout there
+        return config
     return None
 
 

@@ -59,7 +59,8 @@ SURGERY = "+actor_rollout_ref.actor.fsdp_config.surgery="
 NO_DOMAIN = dict(dynamic=False, no_sync=False, loss_agg_mode="token-mean", expect_error=True,
                  labels=LABELS[:9] + [None] + LABELS[10:])
 JOB = dict(scenarios=SCENARIOS + [REFUSED, NO_DOMAIN], labels=LABELS, batch_size=12, seed=0,
-           variants={"none": [SURGERY + "none"], "modular": [SURGERY + "modular"]})
+           variants={"none": [SURGERY + "none"], "modular": [SURGERY + "modular"],
+                     "head": [SURGERY + "modular", "+actor_rollout_ref.actor.fsdp_config.surgery_granularity=head"]})
 TOL = 1e-5
 
 
@@ -108,7 +109,7 @@ def test_config_only_activation_builds_the_mgs_engine(result):
     """Only MGS configs get the MGS engine; a plain FSDPEngineConfig (the stock actor, the reference model) gets
     verl's own class although verl_mgs's engine is registered in the process."""
     assert result["engines"] == {"stock": "FSDPEngineWithLMHead", "none": "MGSFSDPEngine", "modular": "MGSFSDPEngine",
-                                 "ref": "FSDPEngineWithLMHead"}
+                                 "head": "MGSFSDPEngine", "ref": "FSDPEngineWithLMHead"}
 
 
 def runs(result) -> list[dict]:
@@ -145,7 +146,11 @@ def test_modular_is_the_same_at_dp1_and_dp2_with_a_domain_on_one_rank(dp1, dp2):
         assert rel(run1["modular"], run1["stock"]) > 1e-3, "the test data has no conflict for surgery to resolve"
 
 
-def test_modular_is_the_core_on_separately_computed_domain_gradients(dp1):
+@pytest.mark.parametrize("variant", ["modular", "head"])
+def test_modular_is_the_core_on_separately_computed_domain_gradients(dp1, variant):
+    """The engine's surgery (per parameter; per attention head, with the FSDP2 shards of the tiny model's k/v
+    projections cut inside its one key-value head at DP=2) is the core's on the stock engine's per-domain
+    gradients."""
     import mgs
 
     per_domain = dp1["domain_grads"]  # stock engine, advantages zeroed outside the domain
@@ -153,14 +158,22 @@ def test_modular_is_the_core_on_separately_computed_domain_gradients(dp1):
     total = {k: sum(per_domain[d][k] for d in DOMAINS) for k in run["stock"]}
     assert rel(total, run["stock"]) <= TOL  # the domains' shares add up to the mini-batch gradient
     params = [(name, torch.nn.Parameter(torch.zeros_like(g))) for name, g in run["stock"].items()]
-    # surgery_seed=None follows the engine's seed, 42 in verl's fsdp.yaml
-    surgery = mgs.GradientSurgery(params, surgery="modular", domains=DOMAINS, seed=42)
+    # surgery_seed=None follows the engine's seed, 42 in verl's fsdp.yaml; the tiny Qwen2: 2 heads of 8, 1 kv head
+    extra = {"granularity": "head", "heads": mgs.AttentionHeads(2, 8, 1)} if variant == "head" else {}
+    surgery = mgs.GradientSurgery(params, surgery="modular", domains=DOMAINS, seed=42, **extra)
     for domain in DOMAINS:
         with surgery.domain(domain):
             for name, p in params:
                 p.grad.add_(per_domain[domain][name])
-    surgery.apply(step=run["modular_step"])
-    assert rel({name: p.grad for name, p in params}, run["modular"]) <= TOL
+    surgery.apply(step=run[f"{variant}_step"])
+    assert rel({name: p.grad for name, p in params}, run[variant]) <= TOL
+    if variant == "head":
+        assert rel(run["head"], run["modular"]) > 1e-4  # the head groups decided differently somewhere
+
+
+def test_head_granularity_is_the_same_at_dp1_and_dp2(dp1, dp2):
+    for run1, run2 in paired(dp1, dp2):
+        assert rel(run2["head"], run1["head"]) <= TOL, run1["scenario"]
 
 
 def test_inference_paths_are_untouched(result):
