@@ -127,7 +127,7 @@ as ``trl/accelerate_configs/fsdp2.yaml``)."""
 _SUPPORTED_DISTRIBUTED = ("MGSGRPOTrainer supports one process, DDP (distributed type MULTI_CPU / MULTI_GPU / ...) and "
                           "FSDP2; got {}. {}")
 _USE_FSDP2 = (f"For sharded full fine-tuning use FSDP2: accelerate launch --config_file {FSDP2_CONFIG} (fsdp_version: "
-              "2), or MGSGRPOConfig(fsdp=True, fsdp_config={{'version': 2}}).")
+              "2), or MGSGRPOConfig(fsdp=True, fsdp_config={'version': 2}).")
 _DEEPSPEED_REASON = ("Under DeepSpeed ZeRO the gradients live in DeepSpeed's partitioned buffers, not in p.grad, so they "
                      "cannot be kept per domain. " + _USE_FSDP2)
 _FSDP1_REASON = ("FSDP1 (fsdp_version 1) flattens each wrapped module's parameters into one FlatParameter, so their "

@@ -1,6 +1,6 @@
 """The FSDP2 matrix of ``test_fsdp2.py``, in one launch per world size.
 
-Under ``torch.distributed.run --nproc_per_node 2`` (gloo, CPU): accelerate's own FSDP2 preparation (through the
+At 2 ranks (started with ``torch.distributed.run``'s environment; gloo, CPU): accelerate's own FSDP2 preparation (through the
 test-only shim :mod:`_fsdp_cpu`), stock ``GRPOTrainer`` against ``MGSGRPOTrainer(surgery="none")`` over a loss-type ×
 gradient-accumulation matrix, modular surgery on a batch laid out so that a domain sits on one rank only and a rank
 lacks a domain, and save/resume. As a plain process (``WORLD_SIZE`` unset): the one-process references of the same
@@ -28,9 +28,9 @@ from trl import GRPOConfig  # noqa: E402
 
 from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer  # noqa: E402
 
-OUT = os.environ["OUT_DIR"]
 RANK = int(os.environ.get("RANK", "0"))
-FSDP = {"fsdp": True, "fsdp_config": dict(FSDP_CONFIG)} if WORLD > 1 else {}
+FSDP = {"fsdp": True, "fsdp_config": dict(FSDP_CONFIG), "ddp_timeout": 90} if WORLD > 1 else {}
+"""The FSDP2 settings; ``ddp_timeout``: a collective one rank never joins raises after 90 s instead of 30 min."""
 
 NONE_CASES = [("grpo", 1), ("grpo", 2), ("dapo", 1), ("dapo", 2), ("bnpo", 1), ("bnpo", 2)]
 """(loss_type, gradient_accumulation_steps) of the surgery="none" ≡ stock matrix."""
@@ -127,39 +127,44 @@ def train(cls, config_cls, out, data, steps=3, resume=None, peft_config=None, **
             "surgery": None if getattr(trainer, "surgery", None) is None else trainer.surgery.state_dict()}
 
 
-started = time.perf_counter()
-results: dict = {"timings": {}}
+def main() -> None:
+    out = os.environ["OUT_DIR"]
+    started = time.perf_counter()
+    results: dict = {"timings": {}}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        results[name] = fn()
+        results["timings"][name] = time.perf_counter() - t
+
+    modular = dict(shuffle_dataset=False, gradient_accumulation_steps=2, surgery="modular")
+    for loss_type, ordered in MODULAR_CASES:
+        timed(f"modular_{loss_type}", lambda: train(PROMPT_MGS, MGSGRPOConfig, f"{out}/modular_{loss_type}",
+                                                    layout_dataset(), loss_type=loss_type, order_by_domain=ordered,
+                                                    **modular))
+
+    timed("modular_lora", lambda: train(PROMPT_MGS, MGSGRPOConfig, f"{out}/modular_lora", layout_dataset(),
+                                       peft_config=lora_config(), learning_rate=0.1, **modular))
+
+    if WORLD > 1:
+        for loss_type, ga in NONE_CASES:
+            kw = dict(loss_type=loss_type, gradient_accumulation_steps=ga)
+            timed(f"stock_{loss_type}_{ga}", lambda: train(StubGRPOTrainer, GRPOConfig, f"{out}/stock_{loss_type}_{ga}",
+                                                           dataset(), **kw))
+            timed(f"none_{loss_type}_{ga}", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/none_{loss_type}_{ga}",
+                                                          dataset(), surgery="none", **kw))
+
+        resume = dict(surgery="modular", surgery_gram_ema=0.5, learning_rate=0.2, lr_scheduler_type="constant",
+                      gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
+        timed("straight", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/straight", dataset(), steps=4, **resume))
+        timed("first", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/resumed", dataset(), steps=2, **resume))
+        timed("resumed", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/resumed", dataset(), steps=4,
+                                       resume=f"{out}/resumed/checkpoint-2", **resume))
+        results["checkpoint_files"] = sorted(os.listdir(f"{out}/resumed/checkpoint-2"))
+
+    results["timings"]["total"] = time.perf_counter() - started
+    torch.save(results, f"{out}/world{WORLD}_rank{RANK}.pt")
 
 
-def timed(name, fn):
-    t = time.perf_counter()
-    results[name] = fn()
-    results["timings"][name] = time.perf_counter() - t
-
-
-modular = dict(shuffle_dataset=False, gradient_accumulation_steps=2, surgery="modular")
-for loss_type, ordered in MODULAR_CASES:
-    timed(f"modular_{loss_type}", lambda: train(PROMPT_MGS, MGSGRPOConfig, f"{OUT}/modular_{loss_type}",
-                                                layout_dataset(), loss_type=loss_type, order_by_domain=ordered, **modular))
-
-timed("modular_lora", lambda: train(PROMPT_MGS, MGSGRPOConfig, f"{OUT}/modular_lora", layout_dataset(),
-                                   peft_config=lora_config(), learning_rate=0.1, **modular))
-
-if WORLD > 1:
-    for loss_type, ga in NONE_CASES:
-        kw = dict(loss_type=loss_type, gradient_accumulation_steps=ga)
-        timed(f"stock_{loss_type}_{ga}", lambda: train(StubGRPOTrainer, GRPOConfig, f"{OUT}/stock_{loss_type}_{ga}",
-                                                       dataset(), **kw))
-        timed(f"none_{loss_type}_{ga}", lambda: train(STUB_MGS, MGSGRPOConfig, f"{OUT}/none_{loss_type}_{ga}",
-                                                      dataset(), surgery="none", **kw))
-
-    resume = dict(surgery="modular", surgery_gram_ema=0.5, learning_rate=0.2, lr_scheduler_type="constant",
-                  gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
-    timed("straight", lambda: train(STUB_MGS, MGSGRPOConfig, f"{OUT}/straight", dataset(), steps=4, **resume))
-    timed("first", lambda: train(STUB_MGS, MGSGRPOConfig, f"{OUT}/resumed", dataset(), steps=2, **resume))
-    timed("resumed", lambda: train(STUB_MGS, MGSGRPOConfig, f"{OUT}/resumed", dataset(), steps=4,
-                                   resume=f"{OUT}/resumed/checkpoint-2", **resume))
-    results["checkpoint_files"] = sorted(os.listdir(f"{OUT}/resumed/checkpoint-2"))
-
-results["timings"]["total"] = time.perf_counter() - started
-torch.save(results, f"{OUT}/world{WORLD}_rank{RANK}.pt")
+if __name__ == "__main__":
+    main()
