@@ -88,3 +88,25 @@ def test_recipe_runs_with_lora(tmp_path, monkeypatch):
     assert all(h["mgs/reward/chat/mean"] is not None and h["mgs/reward/math/mean"] is not None for h in logs)
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert all("lora_" in n for names in trainer.surgery.groups().values() for n in names)
+
+
+def test_full_fine_tuning_configs_are_the_papers_setting_under_fsdp2():
+    """The full fine-tuning recipe parses into the recipe's own dataclasses with the paper's settings (no LoRA,
+    lr 1e-6, n = 8, math + chat, modular), and its accelerate config asks for FSDP2 on 8 GPUs, the sharded path the
+    trainer accepts (FSDP1 and DeepSpeed are refused)."""
+    import yaml
+
+    recipe = import_script(RECIPES, "grpo_multidomain")
+    from trl import ModelConfig, TrlParser
+
+    from trl_mgs import MGSGRPOConfig
+
+    parser = TrlParser((recipe.MultiDomainArguments, MGSGRPOConfig, ModelConfig))
+    script, args, model_args = parser.parse_args_and_config(
+        ["--config", str(RECIPES / "qwen2.5_7b_math_chat_full.yaml"), "--use_cpu", "true", "--bf16", "false"])
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct" and not model_args.use_peft
+    assert (args.learning_rate, args.num_generations, args.surgery, args.domains) == (1e-6, 8, "modular", ["chat", "math"])
+    assert not args.gradient_checkpointing  # FSDP2's activation checkpointing instead (both at once is an error)
+    launch = yaml.safe_load((RECIPES / "accelerate_fsdp2.yaml").read_text())
+    assert launch["distributed_type"] == "FSDP" and launch["num_processes"] == 8
+    assert launch["fsdp_config"]["fsdp_version"] == 2 and launch["fsdp_config"]["fsdp_activation_checkpointing"]

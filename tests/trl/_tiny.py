@@ -77,9 +77,9 @@ def make_stub_mgs_trainer_class():
 
         domains_per_microbatch: list[int]
 
-        def _backward_by_domain(self, capture):
+        def _backward_by_domain(self, capture, *args, **kwargs):
             self.__dict__.setdefault("domains_per_microbatch", []).append(len(capture.parts))
-            super()._backward_by_domain(capture)
+            super()._backward_by_domain(capture, *args, **kwargs)
 
     return StubMGSGRPOTrainer
 
@@ -152,9 +152,9 @@ def make_stub_tool_mgs_trainer_class():
             self.__dict__.setdefault("tool_tokens", []).append(masked)
             return output
 
-        def _backward_by_domain(self, capture):
+        def _backward_by_domain(self, capture, *args, **kwargs):
             self.__dict__.setdefault("domains_per_microbatch", []).append(len(capture.parts))
-            super()._backward_by_domain(capture)
+            super()._backward_by_domain(capture, *args, **kwargs)
 
     return StubToolMGSGRPOTrainer
 

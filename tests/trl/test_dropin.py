@@ -147,8 +147,9 @@ REFUSALS = {
                                           r"`train_dataset` must be a `Dataset` or `IterableDataset`, got `dict`"),
     "unlisted domains": (lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), domains=["chat"], **COMMON)),
                          ValueError, r"domains \['code', 'math'\] that MGSGRPOConfig.domains \['chat'\]"),
-    "fsdp": (lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), fsdp="full_shard", **COMMON)),
-             NotImplementedError, r"one process and DDP .*got FSDP \(MGSGRPOConfig.fsdp="),
+    "fsdp1": (lambda p: dict(args=MGSGRPOConfig(output_dir=str(p), fsdp=True, fsdp_config={"version": 1}, **COMMON)),
+              NotImplementedError, r"one process, DDP .* and FSDP2; got FSDP1 \(MGSGRPOConfig.fsdp_config version 1\)"
+                                   r"\. FSDP1 .* FlatParameter.*--config_file recipes/trl/accelerate_fsdp2.yaml"),
     "an eval set with another domain": (
         lambda p: dict(eval_dataset={"held_out": Dataset.from_list([{"prompt": "a poem", "domain": "poetry"}] * 2)}),
         ValueError, r"eval_dataset\['held_out'\] has domains \['poetry'\] that the training set's domains "
@@ -182,14 +183,48 @@ def test_refusals_come_before_the_parent_init(tmp_path, monkeypatch, case):
             make_stub_mgs_trainer_class()(**kwargs)
 
 
-@pytest.mark.parametrize("variable, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_a_sharded_launcher_is_refused_before_the_parent_init(tmp_path, monkeypatch, variable, name):
-    """accelerate launch with an FSDP or DeepSpeed config sets these variables (DeepSpeed is not installed here, so
+LAUNCHERS = {  # what accelerate launch sets for an FSDP1 config (FSDP_VERSION unset means 1) and a DeepSpeed one
+    "fsdp1": ({"ACCELERATE_USE_FSDP": "true"}, r"got FSDP1 \(ACCELERATE_USE_FSDP with FSDP_VERSION=1 \(the default\)\)"
+                                               r"\. FSDP1 \(fsdp_version 1\) flattens"),
+    "fsdp1 explicit": ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, r"got FSDP1 .*FSDP_VERSION=1\)"),
+    "deepspeed": ({"ACCELERATE_USE_DEEPSPEED": "true"}, r"got DeepSpeed \(ACCELERATE_USE_DEEPSPEED, set by accelerate "
+                                                         r"launch\)\. Under DeepSpeed ZeRO .* use FSDP2: accelerate launch "
+                                                         r"--config_file recipes/trl/accelerate_fsdp2.yaml"),
+}
+
+
+@pytest.mark.parametrize("case", LAUNCHERS, ids=list(LAUNCHERS))
+def test_a_sharded_launcher_is_refused_before_the_parent_init(tmp_path, monkeypatch, case):
+    """accelerate launch with an FSDP1 or DeepSpeed config sets these variables (DeepSpeed is not installed here, so
     the config is built before the variable is set)."""
+    variables, pattern = LAUNCHERS[case]
     args = MGSGRPOConfig(output_dir=str(tmp_path), **COMMON)
-    monkeypatch.setenv(variable, "true")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(trl.GRPOTrainer, "__init__", lambda self, *a, **k: pytest.fail("the parent init ran"))
-    with pytest.raises(NotImplementedError, match=rf"one process and DDP .*got {name} \({variable}"):
+    with pytest.raises(NotImplementedError, match=r"one process, DDP .* and FSDP2; " + pattern):
+        make_stub_mgs_trainer_class()(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
+                                      processing_class=tiny_tokenizer())
+
+
+@pytest.mark.parametrize("how", ["launcher", "config"])
+def test_fsdp2_is_not_refused(tmp_path, monkeypatch, how):
+    """FSDP2 (accelerate launch with fsdp_version 2, or fsdp_config version 2) reaches the parent's __init__."""
+    class Reached(Exception):
+        pass
+
+    def parent_init(self, *args, **kwargs):
+        raise Reached
+
+    settings = COMMON
+    if how == "launcher":
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+        monkeypatch.setenv("FSDP_VERSION", "2")
+    else:
+        settings = COMMON | {"fsdp": True, "fsdp_config": {"version": 2}}
+    args = MGSGRPOConfig(output_dir=str(tmp_path), **settings)
+    monkeypatch.setattr(trl.GRPOTrainer, "__init__", parent_init)
+    with pytest.raises(Reached):
         make_stub_mgs_trainer_class()(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
                                       processing_class=tiny_tokenizer())
 

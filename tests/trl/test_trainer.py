@@ -202,14 +202,17 @@ def test_domain_column_errors_and_remove_unused_columns(tmp_path):
     assert trainer.state.global_step == 1
 
 
-@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
-def test_sharded_strategies_are_refused_at_init(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind, reason", [("FSDP", "FSDP1 .* flattens"), ("DEEPSPEED", "Under DeepSpeed ZeRO")])
+def test_sharded_strategies_are_refused_at_init(tmp_path, monkeypatch, kind, reason):
+    """What accelerate finally chose is checked after the parent's __init__: FSDP1 (an FSDP type that is not FSDP2)
+    and DeepSpeed are refused, naming FSDP2 and its accelerate config."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
     monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
     args = MGSGRPOConfig(output_dir=str(tmp_path), max_steps=1, **COMMON)
-    with pytest.raises(NotImplementedError, match=rf"one process and DDP.*got DistributedType.{kind}"):
+    with pytest.raises(NotImplementedError, match=rf"and FSDP2; got DistributedType.{kind}\. {reason}.*"
+                                                  r"accelerate_fsdp2.yaml"):
         make_stub_mgs_trainer_class()(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
                                       processing_class=tiny_tokenizer())
 
