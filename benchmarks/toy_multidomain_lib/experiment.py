@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from toy_multidomain_lib.paper_arms import PAPER_ARMS, gdpo_reward_funcs, run_merge_arm
 from toy_multidomain_lib.statistics import _cosines, _finite_mean
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +37,9 @@ ARMS: dict[str, dict] = {
     "balance_modular": {"surgery": "modular", "surgery_granularity": "parameter", "surgery_balance": "norm"},
     "modular_ema": {"surgery": "modular", "surgery_granularity": "parameter", "surgery_gram_ema": 0.9},
 }
-"""Arm name -> MGSGRPOConfig overrides (``sequential`` is this benchmark's own: one domain per phase)."""
+ARMS.update(PAPER_ARMS)  # normadv, gdpo, merge_ta, merge_ties: toy_multidomain_lib/paper_arms.py
+"""Arm name -> MGSGRPOConfig overrides (``sequential`` is this benchmark's own: one domain per phase; ``gdpo`` and
+``merge``: paper_arms.py)."""
 
 SETTINGS: dict[str, dict] = {
     "default": {"scale_rewards": "group", "reward_scale": {}},
@@ -207,9 +210,12 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
     from mgs_tools.toy import score as toy_score
     from trl_mgs import MGSGRPOTrainer
 
+    if "merge" in ARMS[arm]:
+        return run_merge_arm(size, setting, arm, seed, warm_path)
     start = time.perf_counter()
     overrides = dict(ARMS[arm])
     sequential = overrides.pop("sequential", False)
+    gdpo = overrides.pop("gdpo", False)
     conf = SETTINGS[setting]
     scales = {d: float(conf["reward_scale"].get(d, 1.0)) for d in size.domains}
 
@@ -244,7 +250,10 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str) -> di
         from datasets import Dataset
 
         dataset = Dataset.from_list(_grpo_rows(size, seed, sequential))
-        trainer = MGSGRPOTrainer(model=model, reward_funcs=[toy_reward], args=args, train_dataset=dataset,
+        if gdpo:
+            args.multi_objective_aggregation = "normalize_then_sum"
+        funcs = gdpo_reward_funcs(size.domains, toy_reward) if gdpo else [toy_reward]
+        trainer = MGSGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                                  processing_class=tokenizer, callbacks=[Evaluate()])
         trainer.remove_callback(PrinterCallback)  # the per-step log dicts; the curves are read from log_history
         trainer.train()
