@@ -1,6 +1,6 @@
 """Does modular gradient surgery help, at a scale we can run? A seeded multi-arm GRPO comparison on CPU.
 
-    python benchmarks/toy_multidomain.py                 # the default run: 8 arms x 2 settings x 10 seeds
+    python benchmarks/toy_multidomain.py                 # the default run: 12 arms x 2 settings x 10 seeds
     python benchmarks/toy_multidomain.py --quick         # smoke run (seconds; writes under runs/ unless --out)
     python benchmarks/toy_multidomain.py --seeds 3 --steps 60 --arms none,modular --settings default
     python benchmarks/toy_multidomain.py --from-json docs/results/toy_multidomain.json --compare modular-global
@@ -24,6 +24,10 @@ sequential          surgery="none", one domain after the other (steps split in 3
 balance             surgery="none", balance="norm": equal-norm domains, no projection
 balance_modular     surgery="modular", balance="norm": equal norms per module, then PCGrad
 modular_ema         surgery="modular", gram_ema=0.9: PCGrad decided from smoothed Gram matrices
+normadv             surgery="none", normalize_advantage_by_domain=True: the paper's Normalized Advantage
+gdpo                surgery="none", one reward function per domain, TRL's normalize_then_sum (GDPO)
+merge_ta            three experts (one domain each, a third of the steps each) merged by task arithmetic
+merge_ties          the same experts merged by TIES (density 0.5); see toy_multidomain_lib/paper_arms.py
 ==================  ============================================================================
 
 Two settings:

@@ -14,8 +14,9 @@ merge_ties      the same experts merged by TIES (density 0.5, weights 1, λ=1, n
 ==============  ================================================================================================
 
 Equal total training compute: every arm draws ``steps × prompts_per_domain × domains × num_generations`` completions
-and makes ``steps`` optimizer steps. A merge arm has no training curve of its own: its evaluation "curve" is the warm
-start (step 0) and the merged model (the last step), so its AUC is not comparable with the other arms' (read "final").
+and makes ``steps`` optimizer steps. A merge arm's evaluation curve is, at each evaluation step, the merge of the experts
+after the same fraction of their training (so at equal compute along the way too); it logs no training statistics
+(update norm, change ratio: n/a).
 """
 
 from __future__ import annotations
@@ -46,13 +47,22 @@ def gdpo_reward_funcs(domains, scores):
     return funcs
 
 
+def eval_schedule(size) -> list[int]:
+    """The evaluation steps of every arm (``run_arm``'s callback): 0, every ``eval_every`` steps, and the last."""
+    return [0] + [g for g in range(1, size.steps + 1) if g % size.eval_every == 0 or g == size.steps]
+
+
 def run_merge_arm(size, setting: str, arm: str, seed: int, warm_path: str) -> dict:
-    """Train the three experts (one phase of the sequential arm each, from the warm start) and merge them."""
+    """Train the three experts (one phase of the sequential arm each, from the warm start) and merge them.
+
+    The evaluation curve is at the same compute as the other arms' curves: at evaluation step ``s``, the merge of the
+    experts after ``s / steps`` of their own training each (snapshots at ``round(s * n_d / steps)`` of expert ``d``'s
+    ``n_d`` steps); at step 0 every expert is the warm start, and so is the merge."""
     import tempfile
 
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerCallback
 
     from mgs_tools.merge import merge_experts
     from mgs_tools.toy import char_tokenizer, target, tiny_causal_lm
@@ -72,32 +82,44 @@ def run_merge_arm(size, setting: str, arm: str, seed: int, warm_path: str) -> di
     tokenizer = char_tokenizer()
     warm = torch.load(warm_path, weights_only=True)
     per_step = size.prompts_per_domain * len(size.domains) * size.num_generations
+    prompts = per_step // size.num_generations
     rows = _grpo_rows(size, seed, sequential=True)
-    experts = {}
+    schedule = eval_schedule(size)
+    snapshots: dict[str, dict[int, dict]] = {}
     for d, (first, last) in zip(size.domains, _phases(size)):
+        n = last - first
+        wanted = {round(s * n / size.steps) for s in schedule}
+        kept = snapshots[d] = {0: warm}
+
+        class Snapshot(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step in wanted:
+                    kept[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
         model = tiny_causal_lm(hidden=size.hidden, layers=size.layers, seed=seed)
         model.load_state_dict(warm)
-        prompts = per_step // size.num_generations
         with tempfile.TemporaryDirectory() as tmp:
-            args = _grpo_config(size, seed, tmp, per_step, conf["scale_rewards"], [d], size.learning_rate,
-                                last - first, surgery="none")
+            args = _grpo_config(size, seed, tmp, per_step, conf["scale_rewards"], [d], size.learning_rate, n,
+                                surgery="none")
             trainer = MGSGRPOTrainer(model=model, reward_funcs=[toy_reward], args=args,
                                      train_dataset=Dataset.from_list(rows[first * prompts:last * prompts]),
-                                     processing_class=tokenizer)
+                                     processing_class=tokenizer, callbacks=[Snapshot()])
             trainer.remove_callback(PrinterCallback)
             trainer.train()
-        experts[d] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    merged_state = merge_experts(warm, experts, method=method, **MERGE[method])
     model = tiny_causal_lm(hidden=size.hidden, layers=size.layers, seed=seed)
     model.load_state_dict(warm)
     checksum = _checksum(model)
     eval_rows = _eval_rows(size, seed)
-    evals = {d: [v] for d, v in _evaluate(model, tokenizer, eval_rows, size, seed=1000 * seed).items()}
-    model.load_state_dict(merged_state)
-    for d, v in _evaluate(model, tokenizer, eval_rows, size, seed=1000 * seed + size.steps).items():
-        evals[d].append(v)
+    evals: dict[str, list[float]] = {d: [] for d in size.domains}
+    for s in schedule:
+        experts = {d: snapshots[d][round(s * (last - first) / size.steps)]
+                   for d, (first, last) in zip(size.domains, _phases(size))}
+        model.load_state_dict(merge_experts(warm, experts, method=method, **MERGE[method]))
+        for d, v in _evaluate(model, tokenizer, eval_rows, size, seed=1000 * seed + s).items():
+            evals[d].append(v)
     return {
-        "setting": setting, "arm": arm, "seed": seed, "checksum": checksum, "eval_steps": [0, size.steps],
-        "eval": evals, "train_reward": {d: [] for d in size.domains}, "update_norm": [], "change_ratio": [],
-        "cosine_global": [], "conflict_frac": [], "seconds": time.perf_counter() - start,
+        "setting": setting, "arm": arm, "seed": seed, "checksum": checksum, "eval_steps": schedule,
+        "eval": evals, "train_reward": {d: [None] * size.steps for d in size.domains},  # no mixed training steps
+        **{key: [None] * size.steps for key in ("update_norm", "change_ratio", "cosine_global", "conflict_frac")},
+        "seconds": time.perf_counter() - start,
     }
