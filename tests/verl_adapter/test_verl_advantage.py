@@ -88,3 +88,30 @@ def test_errors(installed):
     unknown = MGSFSDPEngineConfig(domains=["math", "chat"]).domain_index()
     with pytest.raises(ValueError, match="code"):
         installed.normalize_batch(data, unknown)
+
+
+def test_the_driver_sequence_wraps_it_from_a_recipe(installed, monkeypatch):
+    """What verl's legacy TaskRunner does before fit(): main_ppo_v0 is imported (and with it ray_trainer), then
+    validate_config builds the actor config: with the recipe switch on, that wraps the driver's compute_advantage."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from verl.trainer import main_ppo_v0  # noqa: F401 - the legacy TaskRunner's module, as the driver imports it
+    from verl.trainer.ppo import ray_trainer
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    stock_fn = ray_trainer.compute_advantage
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(root / "recipes" / "verl"), version_base=None):
+        off = compose(config_name="mgs_qwen2.5_7b_math_chat_none")
+        on = compose(config_name="mgs_qwen2.5_7b_math_chat_none",
+                     overrides=["actor_rollout_ref.actor.fsdp_config.normalize_advantage_by_domain=true"])
+    for cfg in (off, on):  # verl's own check, as the TaskRunner calls it (it builds the actor config)
+        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+        assert (ray_trainer.compute_advantage is stock_fn) == (cfg is off)
+    assert ray_trainer.compute_advantage is not stock_fn
+    assert list(ray_trainer.compute_advantage.domain_index.domains) == ["math", "chat"]
