@@ -115,3 +115,19 @@ def test_the_driver_sequence_wraps_it_from_a_recipe(installed, monkeypatch):
         assert (ray_trainer.compute_advantage is stock_fn) == (cfg is off)
     assert ray_trainer.compute_advantage is not stock_fn
     assert list(ray_trainer.compute_advantage.domain_index.domains) == ["math", "chat"]
+
+
+def test_a_dotted_domain_key(installed):
+    """domain_key="extra_info.domain" reads each row's dict, as the engine does; the result equals data_source's."""
+    from verl_mgs.config import MGSFSDPEngineConfig
+
+    by_source, domains = _batch()
+    by_extra, _ = _batch()  # the same batch, built twice
+    by_source, by_extra = _stock(by_source), _stock(by_extra)
+    by_extra.non_tensor_batch["extra_info"] = np.array([{"domain": d, "index": i} for i, d in enumerate(domains)],
+                                                       dtype=object)
+    by_extra.non_tensor_batch["data_source"] = np.array(["unused"] * len(domains), dtype=object)
+    stds = installed.normalize_batch(by_source, MGSFSDPEngineConfig().domain_index())
+    assert stds == installed.normalize_batch(by_extra, MGSFSDPEngineConfig(domain_key="extra_info.domain").domain_index())
+    torch.testing.assert_close(by_source.batch["advantages"], by_extra.batch["advantages"])
+    assert set(stds) == set(domains) and len(set(round(v, 6) for v in stds.values())) == 3
