@@ -1,6 +1,6 @@
 """Does modular gradient surgery help, at a scale we can run? A seeded multi-arm GRPO comparison on CPU.
 
-    python benchmarks/toy_multidomain.py                 # the default run: 8 arms x 2 settings x 10 seeds
+    python benchmarks/toy_multidomain.py                 # the default run: 12 arms x 2 settings x 10 seeds
     python benchmarks/toy_multidomain.py --arms none,sequential,sequential_reverse,sequential_refresh,sequential_rollback_mlp,sequential_rollback_joint --settings default --out docs/results/forgetting   # issue 19
     python benchmarks/toy_multidomain.py --arms none,modular,modular_head --out docs/results/head   # issue 14
     python benchmarks/toy_multidomain.py --quick         # smoke run (seconds; writes under runs/ unless --out)
@@ -28,6 +28,10 @@ sequential          surgery="none", one domain after the other (steps split in 3
 balance             surgery="none", balance="norm": equal-norm domains, no projection
 balance_modular     surgery="modular", balance="norm": equal norms per module, then PCGrad
 modular_ema         surgery="modular", gram_ema=0.9: PCGrad decided from smoothed Gram matrices
+normadv             surgery="none", normalize_advantage_by_domain=True: the paper's Normalized Advantage
+gdpo                surgery="none", one reward function per domain, TRL's normalize_then_sum (GDPO)
+merge_ta            three experts (one domain each, a third of the steps each) merged by task arithmetic
+merge_ties          the same experts merged by TIES (density 0.5); see toy_multidomain_lib/paper_arms.py
 ==================  ============================================================================
 
 Two settings:

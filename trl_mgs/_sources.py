@@ -72,9 +72,9 @@ class DomainSource:
 
 
 def trains_as_stock(config: MGSGRPOConfig) -> bool:
-    """``surgery="none"`` and no domain setting changed: data without a domain column trains as ``GRPOTrainer``."""
+    """``surgery="none"``, no per-domain advantage normalisation and no domain setting changed: data without a domain column trains as ``GRPOTrainer``."""
     defaults = mgs_fields()
-    return (config.surgery == "none" and config.domains is None
+    return (config.surgery == "none" and config.domains is None and not config.normalize_advantage_by_domain
             and config.domain_column == defaults["domain_column"].default)
 
 

@@ -41,6 +41,14 @@ class MGSGRPOConfig(SurgerySettings, GRPOConfig):
                           "auxiliary losses."},
     )
 
+    normalize_advantage_by_domain: bool = field(
+        default=False,
+        metadata={"help": "Divide every completion's advantage (after TRL's own, scale_rewards included) by the "
+                          "population standard deviation (+1e-4) of the advantages of its domain's rows over the "
+                          "whole generation batch (every rank, every steps_per_generation slice): the MGS paper's "
+                          "Normalized Advantage baseline. Works with every surgery mode; needs domains."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         self._check_mgs_fields()
@@ -48,6 +56,9 @@ class MGSGRPOConfig(SurgerySettings, GRPOConfig):
     def _check_mgs_fields(self) -> None:
         """Validate every field this class adds to ``GRPOConfig``, with errors naming the value and the choices."""
         self.domain_index()  # domain_column and domains
+        if not isinstance(self.normalize_advantage_by_domain, bool):
+            raise TypeError("MGSGRPOConfig.normalize_advantage_by_domain must be True or False; got "
+                            f"{self.normalize_advantage_by_domain!r}.")
         if self.environment_domain_attribute is not None:
             self.environment_domain_index()
             if self.domains is None:
@@ -131,6 +142,15 @@ MGSGRPOConfig.__doc__ = f"""
         and backward each, not one per domain. The gradient is unchanged except with `loss_type="bnpo"`,
         `top_entropy_quantile < 1` or a MoE auxiliary loss, which depend on the micro-batch's make-up: for
         those it is skipped. Per-micro-batch averages TRL logs (entropy, clip ratios) are grouped differently.
+    normalize_advantage_by_domain (`bool`, *optional*, defaults to `False`):
+        After TRL's own advantage computation (`scale_rewards` and `multi_objective_aggregation` included), divide
+        every completion's advantage by `std_d + 1e-4`, where `std_d` is the population standard deviation of the
+        advantages of all of its domain's rows in the generation batch (every rank, every `steps_per_generation`
+        slice, rows with zero advantage included): the MGS paper's Normalized Advantage baseline, under which
+        domains with different reward scales weigh equally. No re-centring (GRPO's advantages are centred per
+        group, and a group lies in one domain). Works with every `surgery` mode, `"none"` included; it needs
+        domains, so data without the domain column is an error. TRL's completions table keeps the advantages
+        before this step.
 
     A plain `GRPOConfig` passed to [`MGSGRPOTrainer`] is carried over with [`MGSGRPOConfig.from_grpo_config`] (with a
     warning): every field kept, the fields above at their defaults.

@@ -31,6 +31,7 @@ from trl.trainer.utils import get_config_model_id, split_tensor_dict
 import mgs
 from mgs.integration import domain_moments, domain_summary, load_surgery_state, save_surgery_state, scalar_metrics
 from trl_mgs import _upstream
+from trl_mgs._advantage import normalize_generation_batch
 from trl_mgs._sources import DomainSource, plan_domains
 from trl_mgs.config import MGSGRPOConfig, mgs_fields
 
@@ -259,6 +260,10 @@ class MGSGRPOTrainer(GRPOTrainer):
         if ids is None:  # an eval set without the domain column: evaluated as stock, no per-domain metrics
             return output
         output[DOMAIN_IDS] = torch.tensor(ids, device=self.accelerator.device)
+        if self.args.normalize_advantage_by_domain:  # before the batch is split: every slice gets the same scale
+            output["advantages"], _ = normalize_generation_batch(
+                output["advantages"], output[DOMAIN_IDS], len(self.surgery.domains),
+                process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes)
         mask = output["completion_mask"]
         if output.get("tool_mask") is not None:  # count the model's tokens only, as TRL's completion lengths do
             mask = mask * output["tool_mask"]

@@ -38,6 +38,14 @@ SEAMS = (
     Seam("verl.workers.config:FSDPEngineConfig", "read"),
 )
 
+DRIVER_SEAMS = (
+    # normalize_advantage_by_domain (verl_mgs._driver): the driver's advantage computation, wrapped; the legacy
+    # trainer's fit() calls it by its module-global name. Checked by check_driver(), where it is wrapped (the driver
+    # process has the module loaded; workers never import it for this).
+    Seam("verl.trainer.ppo.ray_trainer:compute_advantage", "override",
+         ("data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config")),
+)
+
 ENGINE_ATTRIBUTES = ("engine_config", "module", "ulysses_sequence_parallel_size")
 """Attributes of a built verl FSDP engine that the MGS engine reads."""
 
@@ -48,6 +56,11 @@ DATASET_ATTRIBUTES = ("config", "dataframe", "original_data_files")
 def check() -> None:
     """Check the installed verl against :data:`SEAMS` (raises ``UpstreamMismatchError``)."""
     check_upstream("verl", *VERL_VERSIONS, SEAMS, adapter="verl_mgs")
+
+
+def check_driver() -> None:
+    """Check the driver-side seams of :data:`DRIVER_SEAMS` (raises ``UpstreamMismatchError``)."""
+    check_upstream("verl", *VERL_VERSIONS, DRIVER_SEAMS, adapter="verl_mgs")
 
 
 def check_built(obj: object, attributes: tuple[str, ...]) -> None:

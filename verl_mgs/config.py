@@ -34,12 +34,25 @@ class MGSFSDPEngineConfig(FSDPEngineConfig, SurgerySettings):
         metadata={"help": "The non-tensor batch field naming each sample's domain; a dotted path reads a key of a "
                           "per-sample dict ('extra_info.domain')."},
     )
+    normalize_advantage_by_domain: bool = field(
+        default=False,
+        metadata={"help": "Divide every row's advantage (after verl's, on the driver) by the population standard "
+                          "deviation (+1e-4) of its domain's advantages over the train batch: the MGS paper's "
+                          "Normalized Advantage baseline. Legacy trainer only (trainer.use_v1=false)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.domain_index()  # validates domain_key and domains
         _ = self.surgery_options  # validates: errors name the bad value and the allowed ones
         _registry.require()  # an MGS config with the stock engine would train without surgery, silently
+        if not isinstance(self.normalize_advantage_by_domain, bool):
+            raise TypeError("actor_rollout_ref.actor.fsdp_config.normalize_advantage_by_domain must be true or false; "
+                            f"got {self.normalize_advantage_by_domain!r}.")
+        if self.normalize_advantage_by_domain:  # verl builds this config on the driver too (validate_config)
+            from verl_mgs import _driver
+
+            _driver.install(self.domain_index())
 
     @property
     def surgery_options(self) -> SurgeryOptions:
@@ -62,4 +75,9 @@ MGSFSDPEngineConfig.__doc__ = f"""verl's ``FSDPEngineConfig`` with the modular g
 {settings_doc(_DOC_ENTRY)}
         domain_key (str): the non-tensor batch field naming each sample's domain; a dotted path reads a key of a
             per-sample dict (``"extra_info.domain"``). Default ``"data_source"``.
+        normalize_advantage_by_domain (bool): after verl's advantage computation on the driver, divide every row's
+            advantage by ``std_d + 1e-4``, ``std_d`` the population standard deviation of the advantages of all of its
+            domain's rows in the train batch (the MGS paper's Normalized Advantage baseline; works with every
+            ``surgery`` mode). It wraps ``verl.trainer.ppo.ray_trainer.compute_advantage`` in the driver (legacy
+            trainer, ``trainer.use_v1=false``); the v1 trainer is refused. Default ``False``.
     """

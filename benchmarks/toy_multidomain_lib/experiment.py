@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from toy_multidomain_lib.paper_arms import PAPER_ARMS, gdpo_reward_funcs, run_merge_arm
 from toy_multidomain_lib.statistics import _cosines, _finite_mean
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,10 +46,14 @@ ARMS: dict[str, dict] = {
 :func:`mgs.sequential_phases`), ``order`` (``"reverse"``: the domains in reverse order), ``refresh`` (a final phase of
 the first domain with this fraction of the steps, taken from the others: same total), ``rollback`` (``(scope,
 percent)``: the plain sequential run, then ``mgs-forgetting``'s conflict-subspace rollback toward the checkpoint after
-the first phase; derived from the ``sequential`` run of the same seed, not trained again)."""
+the first phase; derived from the ``sequential`` run of the same seed, not trained again); ``gdpo`` and ``merge``:
+paper_arms.py."""
+ARMS.update(PAPER_ARMS)  # normadv, gdpo, merge_ta, merge_ties: toy_multidomain_lib/paper_arms.py
 
-DEFAULT_ARMS = ("none", "global", "modular", "modular_block", "sequential", "balance", "balance_modular", "modular_ema")
-"""The arms of a run without ``--arms`` (``modular_head`` and the forgetting arms run when named)."""
+DEFAULT_ARMS = ("none", "global", "modular", "modular_block", "sequential", "balance", "balance_modular", "modular_ema",
+                *PAPER_ARMS)
+"""The arms of a run without ``--arms``: the paper's main table and the project's controls (``modular_head`` and the
+forgetting arms run when named)."""
 
 DERIVED = {a: c["rollback"] for a, c in ARMS.items() if "rollback" in c}
 """Arms computed from the ``sequential`` run of their seed: arm -> (scope, percent)."""
@@ -241,6 +246,8 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str, deriv
     from mgs_tools.toy import score as toy_score
     from trl_mgs import MGSGRPOTrainer
 
+    if "merge" in ARMS[arm]:
+        return run_merge_arm(size, setting, arm, seed, warm_path)
     start = time.perf_counter()
     overrides = dict(ARMS[arm])
     sequential = overrides.pop("sequential", False)
@@ -249,6 +256,7 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str, deriv
     overrides.pop("rollback", None)
     phase_ends = {last: d for d, (_, last) in _phases(size, order, refresh)} if sequential else {}
     snapshots: dict[int, dict] = {}
+    gdpo = overrides.pop("gdpo", False)
     conf = SETTINGS[setting]
     scales = {d: float(conf["reward_scale"].get(d, 1.0)) for d in size.domains}
 
@@ -285,7 +293,10 @@ def run_arm(size: Size, setting: str, arm: str, seed: int, warm_path: str, deriv
         from datasets import Dataset
 
         dataset = Dataset.from_list(_grpo_rows(size, seed, sequential, order, refresh))
-        trainer = MGSGRPOTrainer(model=model, reward_funcs=[toy_reward], args=args, train_dataset=dataset,
+        if gdpo:
+            args.multi_objective_aggregation = "normalize_then_sum"
+        funcs = gdpo_reward_funcs(size.domains, toy_reward) if gdpo else [toy_reward]
+        trainer = MGSGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                                  processing_class=tokenizer, callbacks=[Evaluate()])
         trainer.remove_callback(PrinterCallback)  # the per-step log dicts; the curves are read from log_history
         trainer.train()

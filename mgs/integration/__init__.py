@@ -9,12 +9,15 @@
 - :mod:`mgs.integration.state`: saving and loading the surgery state in a checkpoint folder (one file
   name scheme, one policy for a missing file);
 - :mod:`mgs.integration.upstream`: checks, at import, of the upstream versions and of every private
-  upstream member an adapter overrides or reads.
+  upstream member an adapter overrides or reads;
+- :mod:`mgs.integration.advantage`: per-domain advantage normalisation (the paper's Normalized Advantage
+  baseline), the same arithmetic for every adapter.
 
-A third framework adapter uses these five and adds only the translation of its batches and configs
+A third framework adapter uses these and adds only the translation of its batches and configs
 (docs/architecture.md).
 """
 
+from mgs.integration.advantage import domain_advantage_std, normalize_by_domain
 from mgs.integration.domains import DomainIndex
 from mgs.integration.metrics import DOMAIN_METRICS, domain_metric, domain_moments, domain_summary, scalar_metrics
 from mgs.integration.settings import SETTINGS, Setting, SurgerySettings, setting_field, settings_doc, surgery_options
@@ -32,10 +35,12 @@ __all__ = [
     "UpstreamMismatchError",
     "check_instance",
     "check_upstream",
+    "domain_advantage_std",
     "domain_metric",
     "domain_moments",
     "domain_summary",
     "load_surgery_state",
+    "normalize_by_domain",
     "save_surgery_state",
     "scalar_metrics",
     "setting_field",

@@ -148,9 +148,15 @@ def domain_of(data_source: str, extra_info: dict | None, domain_key: str = "data
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                   reward_router_address: str | None = None, reward_model_tokenizer=None,
-                  reward_model_name: str | None = None, domain_key: str = "data_source", **_) -> float:
+                  reward_model_name: str | None = None, domain_key: str = "data_source", gdpo: bool = False,
+                  **_) -> float | dict[str, float]:
     """verl's custom reward function: the reward of one response. ``domain_key`` (``reward_kwargs`` in the
-    recipes, set to the actor's ``fsdp_config.domain_key``) names the row's domain as the engine reads it."""
+    recipes, set to the actor's ``fsdp_config.domain_key``) names the row's domain as the engine reads it.
+
+    ``gdpo=True`` (the ``*_gdpo`` recipes, ``algorithm.adv_estimator=gdpo``): a dict with the ``score`` and one
+    reward per domain, ``{domain}_reward``: the score on the row's own domain, 0 on the others (verl's GDPO turns
+    each ``gdpo_reward_keys`` entry into a float array, so None is not an option; inside a prompt group every row is
+    one domain, so the other domains' rewards are constant and normalise to 0)."""
     extra_info = extra_info or {}
     domain = domain_of(data_source, extra_info, domain_key)
     if domain == "math":
@@ -165,4 +171,6 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     else:
         raise ValueError(f"no reward for domain {domain!r} (data_source {data_source!r}); recipes/verl/rewards.py "
                          f"scores {list(DOMAINS)}: set extra_info['domain'] or data_source to one of them.")
+    if gdpo:
+        return {"score": score, **{f"{d}_reward": score if d == domain else 0.0 for d in DOMAINS}}
     return score

@@ -59,7 +59,10 @@ def test_reward_model_scorer_equals_a_direct_forward(tmp_path):
     assert len(set(round(s, 6) for s in scores)) == 3
 
 
-def test_recipe_runs_with_lora(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--normalize_advantage_by_domain", "true", "--multi_objective_aggregation",
+                                         "normalize_then_sum", "--surgery", "none"]], ids=["modular", "normadv-gdpo"])
+def test_recipe_runs_with_lora(tmp_path, monkeypatch, extra):
+    """The paper recipe end to end; also as the Normalized Advantage + GDPO arm (two command-line switches)."""
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_config(_config(), attn_implementation="eager")
     policy.save_pretrained(tmp_path / "policy")
@@ -80,8 +83,10 @@ def test_recipe_runs_with_lora(tmp_path, monkeypatch):
         "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--use_cpu", "--bf16", "false",
         "--gradient_checkpointing", "false", "--beta", "0.0", "--num_generations", "2",
         "--per_device_train_batch_size", "4", "--max_completion_length", "4", "--shuffle_dataset", "false",
-        "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+        "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true", *extra,
     ])
+    assert trainer.args.normalize_advantage_by_domain is bool(extra)
+    assert trainer.args.multi_objective_aggregation == ("normalize_then_sum" if extra else "sum_then_normalize")
     logs = [h for h in trainer.state.log_history if "mgs/conflict_frac" in h]
     assert len(logs) == 2
     assert all("rewards/accuracy_reward@math/mean" in h and "rewards/reward_model:rm@chat/mean" in h for h in logs)

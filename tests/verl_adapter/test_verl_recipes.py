@@ -33,7 +33,7 @@ def compose(name: str, overrides: list[str] = ()):
 
 def test_the_recipes_cover_both_models_both_domain_sets_and_every_arm():
     expected = {f"mgs_{m}_{s}{arm}" for m in ("qwen2.5_7b", "llama3.1_8b") for s in ("math_chat", "math_chat_if")
-                for arm in ("", "_none", "_global")}
+                for arm in ("", "_none", "_global", "_gdpo")}
     assert set(ARMS) == expected
 
 
@@ -49,10 +49,12 @@ def test_recipe_composes_with_verl_and_builds_the_surgery_engine_config(name, mo
     monkeypatch.chdir(ROOT)  # the recipes name recipes/verl/rewards.py relative to the repository root
     cfg = compose(name)
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
-    arm = name.rsplit("_", 1)[-1] if name.endswith(("_none", "_global")) else "modular"
+    arm = name.rsplit("_", 1)[-1] if name.endswith(("_none", "_global")) else "none" if name.endswith("_gdpo") else "modular"
     assert isinstance(actor.fsdp_config, MGSFSDPEngineConfig) and actor.fsdp_config.surgery == arm
     assert actor.strategy == "fsdp2" and actor.optim.lr == 1e-6 and actor.ppo_mini_batch_size == 64
-    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.algorithm.adv_estimator == "grpo"
+    assert cfg.actor_rollout_ref.rollout.n == 8
+    assert cfg.algorithm.adv_estimator == ("gdpo" if name.endswith("_gdpo") else "grpo")
+    assert actor.fsdp_config.normalize_advantage_by_domain is False
     domains = ["math", "chat", "ifeval"] if "_if" in name else ["math", "chat"]
     assert list(actor.fsdp_config.domains) == domains and set(cfg.data.mixture.proportions) == set(domains)
     assert get_dataset_class(cfg.data) is MixtureDataset
@@ -238,3 +240,43 @@ def test_sequential_recipes_compose_and_lay_out_their_phases(order, prepared, mo
 def test_mixture_dataset_curriculum_errors(prepared):
     with pytest.raises(ValueError, match="order, num_batches and refresh_fraction"):
         _dataset(prepared, ["+data.mixture.curriculum={order: [math], steps: 3}"])
+
+
+@pytest.mark.parametrize("name", [a for a in ARMS if a.endswith("_gdpo")])
+def test_gdpo_recipes_name_one_reward_per_domain_and_verl_gdpo_uses_them(name, prepared):
+    """The GDPO arms: verl's gdpo estimator with gdpo_reward_keys = one `{domain}_reward` per recipe domain, which
+    rewards.py returns with gdpo=true (the score on the row's domain, 0 elsewhere); verl's GDPO then gives every
+    response of a group whose own-domain reward varies a non-zero advantage, and none to a group whose does not."""
+    import datasets
+    import numpy as np
+    import torch
+    from verl.trainer.ppo.core_algos import compute_gdpo_outcome_advantage
+
+    cfg = compose(name)
+    domains = list(cfg.actor_rollout_ref.actor.fsdp_config.domains)
+    assert list(cfg.algorithm.gdpo_reward_keys) == [f"{d}_reward" for d in domains]
+    assert cfg.reward.custom_reward_function.reward_kwargs.gdpo is True
+    math = datasets.Dataset.from_parquet(str(prepared / "math" / "train.parquet"))[0]
+    answer = math["reward_model"]["ground_truth"]
+    compute_score = _rewards().compute_score
+    right = compute_score("math", f"\\boxed{{{answer}}}", answer, math["extra_info"], gdpo=True)
+    wrong = compute_score("math", "\\boxed{-1}", answer, math["extra_info"], gdpo=True)
+    assert right == {"score": 1.0, "math_reward": 1.0, "chat_reward": 0.0, "ifeval_reward": 0.0}
+    assert wrong["score"] == 0.0 and all(v == 0.0 for v in wrong.values())
+    ifeval = datasets.Dataset.from_parquet(str(prepared / "ifeval" / "train.parquet"))[0]
+    half = compute_score("ifeval", "a, b c", "", ifeval["extra_info"], gdpo=True)
+    assert half["ifeval_reward"] == 0.5 and half["math_reward"] == 0.0
+    # a math group (right, wrong) and an ifeval group (half, half): what verl's GDPO makes of these rewards
+    scores = [right, wrong, half, half]
+    n, prompt, response = len(scores), 2, 3
+    batch = {"prompts": torch.zeros(n, prompt, dtype=torch.long),
+             "attention_mask": torch.ones(n, prompt + response, dtype=torch.long)}
+    non_tensor = {key: np.array([s[key] for s in scores], dtype=np.float32) for key in cfg.algorithm.gdpo_reward_keys}
+    advantages, _ = compute_gdpo_outcome_advantage(
+        token_level_rewards=torch.zeros(n, response), response_mask=torch.ones(n, response),
+        index=np.array(["a", "a", "b", "b"], dtype=object), config=cfg.algorithm, non_tensor_batch=non_tensor,
+        batch=batch)
+    assert torch.isfinite(advantages).all()
+    assert advantages[0].abs().sum() > 0 and advantages[1].abs().sum() > 0
+    assert advantages[0, 0] > advantages[1, 0]
+    torch.testing.assert_close(advantages[2], advantages[3])  # the ifeval group: no signal, both rows alike
