@@ -86,7 +86,7 @@ def run_merge_arm(size, setting: str, arm: str, seed: int, warm_path: str) -> di
     rows = _grpo_rows(size, seed, sequential=True)
     schedule = eval_schedule(size)
     snapshots: dict[str, dict[int, dict]] = {}
-    for d, (first, last) in zip(size.domains, _phases(size)):
+    for d, (first, last) in _phases(size):
         n = last - first
         wanted = {round(s * n / size.steps) for s in schedule}
         kept = snapshots[d] = {0: warm}
@@ -113,7 +113,7 @@ def run_merge_arm(size, setting: str, arm: str, seed: int, warm_path: str) -> di
     evals: dict[str, list[float]] = {d: [] for d in size.domains}
     for s in schedule:
         experts = {d: snapshots[d][round(s * (last - first) / size.steps)]
-                   for d, (first, last) in zip(size.domains, _phases(size))}
+                   for d, (first, last) in _phases(size)}
         model.load_state_dict(merge_experts(warm, experts, method=method, **MERGE[method]))
         for d, v in _evaluate(model, tokenizer, eval_rows, size, seed=1000 * seed + s).items():
             evals[d].append(v)
