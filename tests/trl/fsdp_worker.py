@@ -111,18 +111,33 @@ def lora_config():
     return peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
-def train(cls, config_cls, out, data, steps=3, resume=None, peft_config=None, **kw):
+def saved_tiny_model(out: str) -> str:
+    """The tiny model as a folder (each rank writes its own copy, the same weights): with beta > 0 TRL loads the
+    reference model from the policy's path."""
+    path = f"{out}/tiny_model_rank{RANK}"
+    if not os.path.isdir(path):
+        tiny_model().save_pretrained(path)
+    return path
+
+
+def train(cls, config_cls, out, data, steps=3, resume=None, peft_config=None, model=None, **kw):
     settings = COMMON | FSDP | {"per_device_train_batch_size": 4 * 2 // WORLD, "max_steps": steps} | kw
+    if model is not None:
+        settings["model_init_kwargs"] = {"attn_implementation": "eager", "dtype": torch.float32}
     args = config_cls(output_dir=out, **settings)
     recorder = FullGradRecorder()
-    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=data,
+    trainer = cls(model=model if model is not None else tiny_model(), reward_funcs=[reward], args=args, train_dataset=data,
                   processing_class=tiny_tokenizer(), callbacks=[recorder], peft_config=peft_config)
     trainer.train(resume_from_checkpoint=resume)
     if WORLD > 1:
         assert_prepared_by_accelerate(trainer)
     params = {n: _full(p) for n, p in trainer.model.named_parameters()}
     stats = [{k: v for k, v in h.items() if k.startswith("mgs/")} for h in trainer.state.log_history if "mgs/conflict_frac" in h]
+    from torch.distributed.fsdp import FSDPModule
+
+    ref = getattr(trainer, "ref_model", None)
     return {"grads": recorder.grads, "params": params, "stats": stats, "passes": getattr(trainer, "passes", []),
+            "ref_fsdp2": None if ref is None else isinstance(ref, FSDPModule),
             "local_domains": getattr(trainer, "local_domains", []), "deferred": getattr(trainer, "deferred", []),
             "surgery": None if getattr(trainer, "surgery", None) is None else trainer.surgery.state_dict()}
 
@@ -153,6 +168,15 @@ def main() -> None:
                                                            dataset(), **kw))
             timed(f"none_{loss_type}_{ga}", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/none_{loss_type}_{ga}",
                                                           dataset(), surgery="none", **kw))
+
+        # a reference model (beta > 0): TRL's own prepare_fsdp shards it; the MGS trainer leaves that path alone
+        path = saved_tiny_model(out)
+        timed("stock_beta", lambda: train(StubGRPOTrainer, GRPOConfig, f"{out}/stock_beta", dataset(), model=path,
+                                          beta=0.04))
+        timed("none_beta", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/none_beta", dataset(), model=path,
+                                         surgery="none", beta=0.04))
+        timed("modular_beta", lambda: train(STUB_MGS, MGSGRPOConfig, f"{out}/modular_beta", dataset(), model=path,
+                                            surgery="modular", beta=0.04))
 
         resume = dict(surgery="modular", surgery_gram_ema=0.5, learning_rate=0.2, lr_scheduler_type="constant",
                       gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)

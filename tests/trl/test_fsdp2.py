@@ -99,6 +99,17 @@ def test_surgery_none_equals_stock_under_fsdp2(runs, loss_type, grad_accum):
     assert max(len(p) for p in none["passes"]) >= 2, "no mixed micro-batch: the per-domain split went untested"
 
 
+def test_a_reference_model_passes_through_trls_own_fsdp2_preparation(runs):
+    """beta > 0: TRL builds a reference model and shards it with its own prepare_fsdp (fully_shard) under the MGS
+    trainer as under the stock one; surgery="none" still equals stock (the KL term included), and modular runs."""
+    stock, none, modular = (runs["rank0"][f"{arm}_beta"] for arm in ("stock", "none", "modular"))
+    assert stock["ref_fsdp2"] is True and none["ref_fsdp2"] is True and modular["ref_fsdp2"] is True
+    for step, (g, s) in enumerate(zip(none["grads"], stock["grads"], strict=True)):
+        _assert_close(g, s, f"beta step {step} gradient")
+    _assert_close(none["params"], stock["params"], "beta: parameters after 3 steps")
+    assert any(float((a - b).norm()) > 1e-6 for a, b in zip(modular["grads"][0].values(), stock["grads"][0].values()))
+
+
 def test_the_none_matrix_exercised_padding_passes(runs):
     """Somewhere in the matrix a rank lacked a domain another rank had in the same micro-batch (the padding pass)."""
     padded = sum(pad for r in ("rank0", "rank1") for case in runs[r] if case.startswith("none_")
