@@ -153,7 +153,7 @@ class Partition:
         if isinstance(granularity, str) and granularity in SLICED_GRANULARITIES:
             config = model_config(model) if isinstance(model, nn.Module) else None
             builtin = BuiltinSlicing(granularity, heads or heads_from_config(config), experts_from_config(config),
-                                     module_of)
+                                     module_of, kind_of)
         index: dict[str, int] = {}
         kinds: list[set[str]] = []
 

@@ -31,6 +31,7 @@ SLICED_GRANULARITIES = ("head", "expert", "head+expert")
 
 _HEAD_ROWS = ("q_proj", "k_proj", "v_proj")
 _FUSED_REFUSED = ("c_attn", "query_key_value", "Wqkv", "qkv", "in_proj")  # GPT-2, NeoX/Falcon, MPT, ViT, nn.MHA
+_MHA_PACKED = ("in_proj_weight", "in_proj_bias")  # nn.MultiheadAttention's q, k, v packed in one parameter
 _LORA_FACTOR = re.compile(r"\.(lora_A|lora_B)\.[^.]+\.weight$")
 _EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
@@ -155,12 +156,13 @@ class BuiltinSlicing:
     """
 
     def __init__(self, granularity: str, heads: AttentionHeads | None, num_experts: int | None,
-                 module_of: Callable[[str], str]):
+                 module_of: Callable[[str], str], kind_of: Callable[[str], str] | None = None):
         self.heads_on = "head" in granularity.split("+")
         self.experts_on = "expert" in granularity.split("+")
         self.heads = heads
         self.num_experts = num_experts
         self.module_of = module_of
+        self.kind_of = kind_of  # a fused name refused only inside attention (a Mamba mixer's in_proj is none)
         self.found_attention = False
         self.found_experts = False
 
@@ -181,9 +183,11 @@ class BuiltinSlicing:
         factor = lora.group(1) if lora else None
         param = plain.rpartition(".")[2]
         if self.heads_on:
-            if leaf in _FUSED_REFUSED and len(shape) >= 1:
+            fused = leaf in _FUSED_REFUSED and (self.kind_of is None or self.kind_of(name) == "attention")
+            if (fused or param in _MHA_PACKED) and len(shape) >= 1:
                 raise ValueError(
-                    f"granularity='head' does not know the fused attention layout of {module!r} ({leaf}); its heads "
+                    f"granularity='head' does not know the fused attention layout of {module!r} "
+                    f"({leaf if fused else param}); its heads "
                     "cannot be split safely. Use granularity='module', or pass slicing= with your own TensorSlices."
                 )
             if leaf in _HEAD_ROWS or leaf == "qkv_proj":

@@ -399,3 +399,30 @@ def test_sub_tensor_apply_is_sync_free_on_cuda():
         torch.cuda.set_sync_debug_mode("default")
     model.cpu()
     assert max_error(model, expected) < TOL
+
+
+def test_a_mamba_in_proj_is_not_refused_as_fused_attention():
+    """Hybrid models (Jamba, Bamba, Zamba...) have a Mamba mixer's ``in_proj`` next to q/k/v/o attention: it is no
+    attention projection, so granularity='head' splits the attention's heads and leaves ``in_proj`` to "module"."""
+    config = transformers.JambaConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+        expert_layer_offset=1, mamba_d_state=4, mamba_expand=2, mamba_dt_rank=4, use_mamba_kernels=False)
+    model = transformers.JambaForCausalLM(config)
+    slices = mgs.GradientSurgery(model, granularity="head+expert").group_slices()
+    assert slices["model.layers.0.mamba.in_proj"] == [("model.layers.0.mamba.in_proj.weight", None, 0, 128)]
+    assert slices["model.layers.1.self_attn.q_proj:head3"] == [("model.layers.1.self_attn.q_proj.weight", 0, 24, 32)]
+    assert "model.layers.1.feed_forward.experts:expert1" in slices
+
+
+def test_torch_multihead_attention_is_refused_as_a_fused_layout():
+    """nn.MultiheadAttention packs q, k and v into ``in_proj_weight``: refused by name, not left unsplit."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 8)
+            self.pool = torch.nn.MultiheadAttention(8, 2)
+
+    with pytest.raises(ValueError, match=r"fused attention layout of 'pool' \(in_proj_weight\)"):
+        mgs.GradientSurgery(Net(), granularity="head", heads=mgs.AttentionHeads(2, 4))
