@@ -53,7 +53,7 @@ class TensorSlices:
             raise TypeError(f"TensorSlices.dim must be an int; got {self.dim!r}.")
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
             raise ValueError(f"TensorSlices.size must be a positive int; got {self.size!r}.")
-        keys = tuple(self.keys)
+        keys = () if isinstance(self.keys, str) else tuple(self.keys)  # a str would be one key per character
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise TypeError(f"TensorSlices.keys must be non-empty strings, one per piece; got {self.keys!r}.")
         object.__setattr__(self, "keys", keys)

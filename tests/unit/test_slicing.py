@@ -426,3 +426,10 @@ def test_torch_multihead_attention_is_refused_as_a_fused_layout():
 
     with pytest.raises(ValueError, match=r"fused attention layout of 'pool' \(in_proj_weight\)"):
         mgs.GradientSurgery(Net(), granularity="head", heads=mgs.AttentionHeads(2, 4))
+
+
+def test_a_single_string_is_not_taken_for_one_key_per_character():
+    """keys="attn" is one key, not the pieces 'a', 't', 't', 'n': refused, like any keys that are not strings."""
+    with pytest.raises(TypeError, match="TensorSlices.keys"):
+        mgs.TensorSlices(0, 2, "qk")
+    assert mgs.TensorSlices(0, 2, ["q", "k"]).keys == ("q", "k")
