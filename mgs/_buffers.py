@@ -40,6 +40,9 @@ except ImportError:  # torch built without distributed support
 CHUNK = 512
 """Slot alignment in elements; the Gram pass works on ``[chunks, K, CHUNK]`` blocks."""
 
+MAX_MIXED_RUNS = 8
+"""A split parameter with more runs of mixed chunks than this is read as one span of units: fewer, larger kernels."""
+
 BUCKET_CAP = 1 << 24
 """Elements per bucket (a larger parameter gets a bucket of its own); bounds the Gram pass's temporary."""
 
@@ -159,6 +162,10 @@ def _slot_layout(slot: Slot) -> tuple[torch.Tensor, list[tuple[int, int, int, to
     if not mixed:
         return chunk_groups, runs
     unit = math.gcd(CHUNK, seg, off % seg)
+    runs_count = 1 + sum(1 for a, b in zip(mixed, mixed[1:]) if b != a + 1)
+    if runs_count > MAX_MIXED_RUNS:  # many boundary chunks (e.g. [E, 2880] expert biases): one span for the slot,
+        mixed = list(range(chunks))  # so that a step launches a few kernels for it, not one per boundary
+        chunk_groups = torch.full((chunks,), -1, dtype=torch.long)
     begin = prev = mixed[0]
     for c in mixed[1:] + [None]:
         if c is not None and c == prev + 1:

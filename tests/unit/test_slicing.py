@@ -433,3 +433,30 @@ def test_a_single_string_is_not_taken_for_one_key_per_character():
     with pytest.raises(TypeError, match="TensorSlices.keys"):
         mgs.TensorSlices(0, 2, "qk")
     assert mgs.TensorSlices(0, 2, ["q", "k"]).keys == ("q", "k")
+
+
+def test_many_boundary_chunks_make_one_span_and_stay_exact():
+    """40 pieces of 1,200 elements (a boundary chunk every 2.3 chunks, none aligned): one span of units for the
+    tensor instead of one per boundary, and the result still equals the float64 reference."""
+    weight = torch.nn.Parameter(torch.zeros(40 * 200, 6))
+    other = torch.nn.Parameter(torch.zeros(600))
+    named = [("experts.bias", weight), ("other.weight", other)]
+    keys = tuple(f"piece{p}" for p in range(40))
+    surgery = mgs.GradientSurgery(named, domains=DOMAINS[:3], seed=SEED,
+                                  slicing=lambda n, s: mgs.TensorSlices(0, 200, keys) if n == "experts.bias" else None)
+    spans = [span for b in surgery._buffers.buckets for span in b.spans]
+    assert len(spans) <= 3 and any(span.unit < 512 for span in spans), [(s.start, s.stop, s.unit) for s in spans]
+    groups = {k: [("experts.bias", 0, 200 * p, 200 * p + 200)] for p, k in enumerate(keys)}
+    groups["other.weight"] = [("other.weight", None, 0, 600)]
+
+    class Named(torch.nn.Module):  # draw_grads and feed read named_parameters()
+        def named_parameters(self, *a, **k):
+            return iter(named)
+
+    model = Named()
+    grads = draw_grads(model, groups, 3, seed=8)
+    feed(surgery, model, grads, DOMAINS[:3])
+    surgery.apply(step=0)
+    expected, margin = reference_result(grads, groups, {k: i for i, k in enumerate(surgery.group_slices())}, 3, SEED, 0)
+    assert margin > 1e-4
+    assert max_error(model, expected) < TOL
