@@ -54,15 +54,19 @@ def _ceil_chunks(numel: int) -> int:
 @dataclass
 class Slot:
     param: torch.Tensor
-    group: int  # its group, or its first piece's when sliced
     offset: int
     numel: int
     local_shape: torch.Size
     dtensor_spec: tuple | None  # (mesh, placements, global shape, global stride) for DTensor params
-    slicing: ParamSlicing | None = None  # None: the whole parameter is in ``group``
+    slicing: ParamSlicing  # which group each element belongs to (one group unless split)
     global_offset: int = 0  # flat index of the local shard's first element in the full tensor
     touched: bool = False  # a backward (or a stray gradient) reached the parameter since the last apply()
     fires: int = 0  # accumulate-grad hook calls, to tell autograd's in-place writes from a user's
+
+    @property
+    def group(self) -> int:
+        """Its group, or its first piece's when split."""
+        return self.slicing.groups[0]
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def _slot_layout(slot: Slot) -> tuple[torch.Tensor, list[tuple[int, int, int, to
     mixed chunks, ``(first chunk, stop chunk, unit, groups of its units)``; chunks counted from the slot's start."""
     chunks = -(-slot.numel // CHUNK)
     sliced = slot.slicing
-    if sliced is None or sliced.dim is None or chunks == 0:
+    if sliced.dim is None or chunks == 0:
         return torch.full((chunks,), slot.group, dtype=torch.long), []
     seg, off, n = sliced.segment, slot.global_offset, slot.numel
     groups = torch.tensor(sliced.groups, dtype=torch.long)
@@ -203,8 +207,7 @@ def build_buckets(partition: Partition, shard_process_group: object | None, cap:
     """Pack the partition's parameters into buckets, in parameter order."""
     open_buckets: dict[tuple, Bucket] = {}
     buckets: list[Bucket] = []
-    slicings = partition.slicings or (None,) * len(partition.params)
-    for param, names, group, sliced in zip(partition.params, partition.names, partition.group_of, slicings):
+    for param, names, sliced in zip(partition.params, partition.names, partition.slicings):
         local, process_group, spec = _local_and_process_group(param, names[0], shard_process_group)
         key = (local.dtype, local.device, process_group)
         bucket = open_buckets.get(key)
@@ -213,10 +216,8 @@ def build_buckets(partition: Partition, shard_process_group: object | None, cap:
             bucket = Bucket(local.dtype, local.device, process_group)
             open_buckets[key] = bucket
             buckets.append(bucket)
-        offset = 0
-        if sliced is not None and sliced.dim is not None:
-            offset = _global_offset(param, names[0], local, spec, process_group)
-        bucket.slots.append(Slot(param, group, bucket.numel, local.numel(), local.shape, spec, sliced, offset))
+        offset = 0 if sliced.dim is None else _global_offset(param, names[0], local, spec, process_group)
+        bucket.slots.append(Slot(param, bucket.numel, local.numel(), local.shape, spec, sliced, offset))
         bucket.numel += size
     for bucket in buckets:
         if bucket.numel == 0:  # only empty shards: keep one zero chunk so shapes stay regular

@@ -16,7 +16,7 @@ from torch import nn
 
 from mgs._options import Granularity
 from mgs._slicing import (SLICED_GRANULARITIES, AttentionHeads, BuiltinSlicing, ParamSlicing, Slicing, TensorSlices,
-                          experts_from_config, heads_from_config, model_config, param_slicing)
+                          experts_from_config, heads_from_config, model_config)
 
 KINDS = ("attention", "mlp", "embedding", "norm", "other")
 
@@ -109,14 +109,18 @@ def trainable_parameters(
 @dataclass(frozen=True)
 class Partition:
     """Groups of parameters (or of their slices): ``slicings[i]`` says which group each element of ``params[i]``
-    belongs to; ``group_of[i]`` is the group of a parameter that is not sliced (its first piece's otherwise)."""
+    belongs to."""
 
     params: tuple[torch.Tensor, ...]
     names: tuple[tuple[str, ...], ...]
     group_names: tuple[str, ...]
     group_kinds: tuple[str, ...]
-    group_of: tuple[int, ...]
-    slicings: tuple[ParamSlicing, ...] = ()
+    slicings: tuple[ParamSlicing, ...]
+
+    @property
+    def group_of(self) -> tuple[int, ...]:
+        """Per parameter, its group (its first piece's when sliced)."""
+        return tuple(s.groups[0] for s in self.slicings)
 
     @classmethod
     def build(
@@ -164,7 +168,7 @@ class Partition:
             kinds[index[key]].add(kind)
             return index[key]
 
-        group_of, slicings = [], []
+        slicings = []
         for names, param in entries:
             name, kind = names[0], kind_of(names[0])
             shape = param.shape  # a DTensor's global shape
@@ -175,14 +179,9 @@ class Partition:
             if slices is None and builtin is not None:
                 slices = builtin(name, shape)
             if slices is not None:
-                slices = slices.check(name, shape)
-                sliced = param_slicing(shape, slices, lambda key: group_index(key, kind), -1)
-                slicings.append(sliced)
-                group_of.append(sliced.groups[0])
+                slicings.append(ParamSlicing.of(shape, slices.check(name, shape), lambda key: group_index(key, kind)))
             else:
-                g = group_index(group_key(name, granularity), kind)
-                slicings.append(param_slicing(shape, None, lambda key: -1, g))
-                group_of.append(g)
+                slicings.append(ParamSlicing.whole(shape, group_index(group_key(name, granularity), kind)))
         if builtin is not None:
             builtin.finish()
         return cls(
@@ -190,7 +189,6 @@ class Partition:
             names=tuple(n for n, _ in entries),
             group_names=tuple(index),
             group_kinds=tuple(next(iter(k)) if len(k) == 1 else "other" for k in kinds),
-            group_of=tuple(group_of),
             slicings=tuple(slicings),
         )
 
@@ -208,16 +206,20 @@ class Partition:
                 out[self.group_names[g]].append(names[0])
         return out
 
+    def pieces(self, index: int) -> list[tuple[int, int | None, int, int]]:
+        """Parameter ``index``'s pieces ``(group, dim, start, stop)``: ``narrow(dim, start, stop - start)``; one piece
+        with ``dim`` None for a whole parameter (start 0, stop its size along dim 0, or 1 for a scalar)."""
+        sliced, param = self.slicings[index], self.params[index]
+        if sliced.dim is None:
+            return [(sliced.groups[0], None, 0, param.shape[0] if param.dim() else 1)]
+        return [(g, sliced.dim, p * sliced.size, (p + 1) * sliced.size) for p, g in enumerate(sliced.groups)]
+
     def group_slices(self) -> dict[str, list[tuple[str, int | None, int, int]]]:
-        """Group key → its slices ``(parameter name, dim, start, stop)``: ``param.narrow(dim, start, stop - start)``;
-        ``dim`` None for a whole parameter (start 0, stop its size along dim 0, or 1 for a scalar)."""
+        """Group key → its slices ``(parameter name, dim, start, stop)`` (see :meth:`pieces`)."""
         out: dict[str, list[tuple[str, int | None, int, int]]] = {g: [] for g in self.group_names}
-        for names, param, sliced in zip(self.names, self.params, self.slicings):
-            if sliced.dim is None:
-                out[self.group_names[sliced.groups[0]]].append((names[0], None, 0, param.shape[0] if param.dim() else 1))
-                continue
-            for piece, g in enumerate(sliced.groups):
-                out[self.group_names[g]].append((names[0], sliced.dim, piece * sliced.size, (piece + 1) * sliced.size))
+        for index, names in enumerate(self.names):
+            for g, dim, start, stop in self.pieces(index):
+                out[self.group_names[g]].append((names[0], dim, start, stop))
         return out
 
     def layout_key(self) -> tuple:

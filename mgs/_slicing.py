@@ -252,15 +252,13 @@ class ParamSlicing:
     dim: int | None = None  # the sliced dimension (None: the whole tensor is one group)
     size: int = 0  # indices per piece along dim
 
-    @property
-    def period(self) -> int:
-        return self.segment * len(self.groups)
+    @classmethod
+    def whole(cls, shape: torch.Size, group: int) -> ParamSlicing:
+        """The whole parameter in one group."""
+        return cls(max(math.prod(shape), 1), (group,))
 
-
-def param_slicing(shape: torch.Size, slices: TensorSlices | None, group_index: Callable[[str], int],
-                  whole_group: int) -> ParamSlicing:
-    numel = max(math.prod(shape), 1)
-    if slices is None:
-        return ParamSlicing(numel, (whole_group,))
-    inner = math.prod(shape[slices.dim + 1 :])
-    return ParamSlicing(max(slices.size * inner, 1), tuple(group_index(k) for k in slices.keys), slices.dim, slices.size)
+    @classmethod
+    def of(cls, shape: torch.Size, slices: TensorSlices, group_index: Callable[[str], int]) -> ParamSlicing:
+        """``slices`` (checked against ``shape``) with each key's group from ``group_index``."""
+        inner = math.prod(shape[slices.dim + 1 :])
+        return cls(max(slices.size * inner, 1), tuple(group_index(k) for k in slices.keys), slices.dim, slices.size)

@@ -294,7 +294,7 @@ class GradientSurgery:
                 else:
                     shape = slot.local_shape if bucket.shard_process_group is None else ()
                 sliced = slot.slicing
-                cut = () if sliced is None or sliced.dim is None else (sliced.segment, sliced.groups)
+                cut = () if sliced.dim is None else (sliced.segment, sliced.groups)
                 out.append((self._names[id(slot.param)], tuple(shape), str(bucket.dtype), *cut))
         return out
 

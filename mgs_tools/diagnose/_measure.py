@@ -84,13 +84,10 @@ def _layout(model: nn.Module, granularity: str) -> _Layout:
     unit_index: dict[str, int] = {}
     units: list[list[int]] = []
     pieces_of_param = []
-    for p_idx, (names, param, sliced) in enumerate(zip(partition.names, partition.params, partition.slicings)):
+    for p_idx, (names, param) in enumerate(zip(partition.names, partition.params)):
         name = names[0]
         prefix = _layer_prefix(name)
-        if sliced.dim is None:
-            pieces = [(sliced.groups[0], None, 0, param.shape[0] if param.dim() else 1)]
-        else:
-            pieces = [(g, sliced.dim, i * sliced.size, (i + 1) * sliced.size) for i, g in enumerate(sliced.groups)]
+        pieces = partition.pieces(p_idx)
         pieces_of_param.append(pieces)
         for m, dim, start, stop in pieces:
             entry = info[m]
@@ -168,8 +165,17 @@ def _batches(examples: list[_Example], batch_size: int) -> Iterator[list[_Exampl
         yield examples[start : start + batch_size]
 
 
-def _loss(model: nn.Module, batch: list[_Example], norm: int, pad_id: int, device: torch.device) -> torch.Tensor:
-    """``-Σ_i w_i Σ_t log p(completion token t) / norm`` over the batch (right-padded)."""
+def pad_id_of(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS, else 0."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return value
+    return 0
+
+
+def _padded(batch: Sequence[_Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(ids, attention mask, completion-token mask)`` of a batch, on ``device``."""
     length = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     attention = torch.zeros(len(batch), length, dtype=torch.long)
@@ -178,8 +184,13 @@ def _loss(model: nn.Module, batch: list[_Example], norm: int, pad_id: int, devic
         ids[n, : len(e.ids)] = torch.tensor(e.ids)
         attention[n, : len(e.ids)] = 1
         target[n, e.prompt_len : len(e.ids)] = True
+    return ids.to(device), attention.to(device), target.to(device)
+
+
+def _loss(model: nn.Module, batch: list[_Example], norm: int, pad_id: int, device: torch.device) -> torch.Tensor:
+    """``-Σ_i w_i Σ_t log p(completion token t) / norm`` over the batch (right-padded)."""
+    ids, attention, target = _padded(batch, pad_id, device)
     weights = torch.tensor([e.weight for e in batch], dtype=torch.float32, device=device)
-    ids, attention, target = ids.to(device), attention.to(device), target.to(device)
     logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     per_row = (logp * target[:, 1:]).sum(-1)
@@ -242,9 +253,7 @@ def diagnose(
         raise DiagnoseError(f"need at least 2 domains to compare; got {domains}.")
     layout = _layout(model, granularity)
 
-    eos = getattr(tokenizer, "eos_token_id", None)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad_id = pad if pad is not None else (eos if eos is not None else 0)
+    pad_id = pad_id_of(tokenizer)
     halves: list[list[_Example]] = []
     rows: dict[str, int] = {}
     tokens: dict[str, int] = {}

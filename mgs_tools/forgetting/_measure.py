@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mgs._partition import _LAYER, kind_of, module_of
-from mgs_tools.diagnose._measure import _batches, _encode, _Example, _loss
+from mgs_tools.diagnose._measure import (_batches, _encode, _Example, _input_device, _loss, _padded,
+                                          pad_id_of)
 from mgs_tools.forgetting._checkpoint import Checkpoint, CheckpointError
 from mgs_tools.forgetting._units import UnitGroup, unit_dots, unit_rows, unit_sq_norms
 
@@ -118,28 +119,7 @@ def encode_rows(tokenizer: Any, rows_by_domain: Mapping[str, Sequence[Mapping[st
     return out
 
 
-def _padded(batch: Sequence[_Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    length = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(batch), length, dtype=torch.long)
-    target = torch.zeros(len(batch), length, dtype=torch.bool)
-    for n, e in enumerate(batch):
-        ids[n, : len(e.ids)] = torch.tensor(e.ids)
-        attention[n, : len(e.ids)] = 1
-        target[n, e.prompt_len : len(e.ids)] = True
-    return ids.to(device), attention.to(device), target.to(device)
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return value
-    return 0
-
-
-def input_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+input_device = _input_device  # the embedding's device: where a batch goes in
 
 
 # -- route activity ------------------------------------------------------------------------------------------
