@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
-from mgs._mixing import STOPPING, _is_int, _permutation, _rng, _shuffle, batch_counts
+from mgs._mixing import _check_stream_options, _domain_sizes, _draw_batch, _is_int, batch_counts
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,9 @@ class CurriculumPlan:
 
     def _batch(self, index: int, cache: dict) -> list[tuple[str, int]]:
         phase, local = self.phase_of(index)
-        rows = []
-        for d, (domain, size, count) in enumerate(zip(self.domains, self.sizes, self.counts[phase])):
-            start = self._offset(phase, d) + local * count
-            for n in range(start, start + count):
-                epoch, position = divmod(n, size)
-                if cache.get(domain, (None,))[0] != epoch:
-                    cache[domain] = (epoch, _permutation(self.seed, domain, epoch, size))
-                rows.append((domain, cache[domain][1][position]))
-        if not self.group_by_domain:
-            _shuffle(rows, _rng(self.seed, "batch", index))
-        return rows
+        counts = self.counts[phase]
+        starts = [self._offset(phase, d) + local * count for d, count in enumerate(counts)]
+        return _draw_batch(self.seed, index, self.domains, self.sizes, starts, counts, self.group_by_domain, cache)
 
     def rows(self, start_batch: int = 0) -> Iterator[tuple[str, int]]:
         """Every ``(domain, row)`` pair from global batch ``start_batch`` on (a resumed run's exact continuation)."""
@@ -124,21 +116,11 @@ def plan_curriculum(
             repeats: a curriculum that needs more rows of a domain than it has is an error).
         group_by_domain: lay each batch out domain after domain instead of shuffling it.
     """
-    if not isinstance(stopping, str) or stopping not in STOPPING:
-        raise ValueError(f"stopping={stopping!r} is not supported; choose one of {', '.join(map(repr, STOPPING))}.")
-    if not _is_int(seed):
-        raise TypeError(f"seed must be an integer; got {seed!r}.")
+    _check_stream_options(stopping, seed)
     if not isinstance(sizes, Mapping) or not sizes:
         raise TypeError(f"sizes must be a non-empty mapping domain -> rows or dataset; got {sizes!r}.")
     domains = tuple(sorted(sizes))
-    lengths = []
-    for d in domains:
-        if not (_is_int(sizes[d]) or isinstance(sizes[d], Sized)):
-            raise TypeError(f"domain {d!r}: expected a row count or a dataset, got {type(sizes[d]).__name__}.")
-        n = sizes[d] if _is_int(sizes[d]) else len(sizes[d])
-        if n < 1:
-            raise ValueError(f"domain {d!r} has no rows; remove it or give it data.")
-        lengths.append(n)
+    lengths = _domain_sizes(sizes, domains)
     if not phases:
         raise ValueError("a curriculum needs at least one phase.")
     names, counts, boundaries = [], [], [0]

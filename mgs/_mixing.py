@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 STOPPING = ("first_exhausted", "cycle")
@@ -119,6 +119,44 @@ def batch_counts(proportions: Mapping[str, float], batch_size: int) -> dict[str,
     return dict(sorted(counts.items()))
 
 
+def _draw_batch(seed: int, index: int, domains: Sequence[str], sizes: Sequence[int], starts: Sequence[int],
+                counts: Sequence[int], group_by_domain: bool, cache: dict[str, tuple[int, list[int]]]
+                ) -> list[tuple[str, int]]:
+    """Batch ``index``: ``counts[d]`` rows of each domain from its ``starts[d]``-th draw on (the ``n``-th draw of domain
+    ``d`` is ``perm(seed, d, n // N_d)[n % N_d]``), shuffled by (seed, index) unless ``group_by_domain``.
+    ``cache``: domain -> (epoch, its permutation); draws only move forward, so one epoch per domain is kept."""
+    rows = []
+    for domain, size, start, count in zip(domains, sizes, starts, counts):
+        for n in range(start, start + count):
+            epoch, position = divmod(n, size)
+            if cache.get(domain, (None,))[0] != epoch:
+                cache[domain] = (epoch, _permutation(seed, domain, epoch, size))
+            rows.append((domain, cache[domain][1][position]))
+    if not group_by_domain:
+        _shuffle(rows, _rng(seed, "batch", index))
+    return rows
+
+
+def _domain_sizes(sizes: Mapping[str, int | Sized], domains: Sequence[str]) -> list[int]:
+    """Each domain's row count, from a count or a dataset's length; a type error or an empty domain is refused."""
+    lengths = []
+    for d in domains:
+        if not (_is_int(sizes[d]) or isinstance(sizes[d], Sized)):
+            raise TypeError(f"domain {d!r}: expected a row count or a dataset, got {type(sizes[d]).__name__}.")
+        size = sizes[d] if _is_int(sizes[d]) else len(sizes[d])
+        if size < 1:
+            raise ValueError(f"domain {d!r} has no rows; remove it or give it data.")
+        lengths.append(size)
+    return lengths
+
+
+def _check_stream_options(stopping: object, seed: object) -> None:
+    if not isinstance(stopping, str) or stopping not in STOPPING:
+        raise ValueError(f"stopping={stopping!r} is not supported; choose one of {', '.join(map(repr, STOPPING))}.")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an integer; got {seed!r}.")
+
+
 @dataclass(frozen=True)
 class MixturePlan:
     """Which source row fills each position of the mixed stream. Build it with :func:`plan_mixture`.
@@ -148,17 +186,8 @@ class MixturePlan:
         return self._batch(index, {})
 
     def _batch(self, index: int, cache: dict[str, tuple[int, list[int]]]) -> list[tuple[str, int]]:
-        # cache: domain -> (epoch, its permutation); draws only move forward, so one epoch per domain is kept.
-        rows = []
-        for domain, size, count in zip(self.domains, self.sizes, self.counts):
-            for n in range(index * count, (index + 1) * count):
-                epoch, position = divmod(n, size)
-                if cache.get(domain, (None,))[0] != epoch:
-                    cache[domain] = (epoch, _permutation(self.seed, domain, epoch, size))
-                rows.append((domain, cache[domain][1][position]))
-        if not self.group_by_domain:
-            _shuffle(rows, _rng(self.seed, "batch", index))
-        return rows
+        return _draw_batch(self.seed, index, self.domains, self.sizes, [index * c for c in self.counts], self.counts,
+                           self.group_by_domain, cache)
 
     def rows(self, start_batch: int = 0) -> Iterator[tuple[str, int]]:
         """Every ``(domain, row)`` pair from batch ``start_batch`` on: a resumed run's exact continuation."""
@@ -193,10 +222,7 @@ def plan_mixture(
             allows is an error) or ``"cycle"`` (a domain that runs out starts a new permutation).
         group_by_domain: lay each batch out domain after domain instead of shuffling it.
     """
-    if not isinstance(stopping, str) or stopping not in STOPPING:
-        raise ValueError(f"stopping={stopping!r} is not supported; choose one of {', '.join(map(repr, STOPPING))}.")
-    if not _is_int(seed):
-        raise TypeError(f"seed must be an integer; got {seed!r}.")
+    _check_stream_options(stopping, seed)
     _check_proportions(proportions)
     if not isinstance(sizes, Mapping):
         raise TypeError(f"sizes must be a mapping domain -> rows or dataset; got {type(sizes).__name__}.")
@@ -208,14 +234,7 @@ def plan_mixture(
         )
     counts = batch_counts(proportions, batch_size)
     domains = tuple(counts)
-    lengths = []
-    for d in domains:
-        if not (_is_int(sizes[d]) or isinstance(sizes[d], Sized)):
-            raise TypeError(f"domain {d!r}: expected a row count or a dataset, got {type(sizes[d]).__name__}.")
-        size = sizes[d] if _is_int(sizes[d]) else len(sizes[d])
-        if size < 1:
-            raise ValueError(f"domain {d!r} has no rows; remove it or give it data.")
-        lengths.append(size)
+    lengths = _domain_sizes(sizes, domains)
     active = [(d, n, c) for d, n, c in zip(domains, lengths, counts.values()) if c > 0]
     available = min(n // c for _, n, c in active)
     if num_batches is None:
