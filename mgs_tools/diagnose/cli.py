@@ -83,6 +83,21 @@ def load_rows(
 # -- command line -------------------------------------------------------------------------------------------
 
 
+def add_row_arguments(p: argparse.ArgumentParser, *, data_help: str, split_help: str | None, weight_column: bool,
+                      domains_help: str, max_rows_help: str) -> None:
+    """The options that choose the rows (read by :func:`load_rows`), shared by mgs-diagnose and mgs-forgetting."""
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--split", default="train", help=split_help)
+    p.add_argument("--domain-column", default="domain")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--completion-column", default="completion")
+    if weight_column:
+        p.add_argument("--weight-column", help="per-row weight (e.g. an advantage) multiplying its log-likelihood")
+    p.add_argument("--domains", help=domains_help)
+    p.add_argument("--max-rows", type=int, default=64, help=max_rows_help)
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward/backward pass (default: 8)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mgs-diagnose",
@@ -98,16 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 … or auto (device_map='auto' over the GPUs); "
                                     "default: cuda if available, else cpu")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--data", help="a .json/.jsonl/.parquet/.csv file or a Dataset.save_to_disk directory; "
-                                  "default: the toy domains copy/reverse/sort")
-    p.add_argument("--split", default="train", help="split of a saved DatasetDict (default: train)")
-    p.add_argument("--domain-column", default="domain")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--completion-column", default="completion")
-    p.add_argument("--weight-column", help="per-row weight (e.g. an advantage) multiplying its log-likelihood")
-    p.add_argument("--domains", help="comma-separated domains to compare, in this order (default: all)")
-    p.add_argument("--max-rows", type=int, default=64, help="rows per domain after shuffling (default: 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward/backward pass (default: 8)")
+    add_row_arguments(p, data_help="a .json/.jsonl/.parquet/.csv file or a Dataset.save_to_disk directory; "
+                                   "default: the toy domains copy/reverse/sort",
+                      split_help="split of a saved DatasetDict (default: train)", weight_column=True,
+                      domains_help="comma-separated domains to compare, in this order (default: all)",
+                      max_rows_help="rows per domain after shuffling (default: 64)")
     p.add_argument("--granularity", default="module", choices=list(GRANULARITIES),
                    help="what a module is (default: module, one leaf module such as q_proj)")
     p.add_argument("--layers-per-sweep", type=int, default=0,

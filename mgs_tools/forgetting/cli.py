@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from mgs_tools.diagnose._results import DiagnoseError
+from mgs_tools.diagnose.cli import add_row_arguments, load_rows
 from mgs_tools.forgetting._analyze import PAPER_ROLLBACKS, analyze
 from mgs_tools.forgetting._checkpoint import Checkpoint, CheckpointError
 from mgs_tools.forgetting._report import plot, summary
@@ -31,15 +32,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a phase's domain and its checkpoint (a model folder or a PEFT adapter on --base); repeat in "
                         "training order")
     p.add_argument("--tokenizer", help="tokenizer path (default: --base)")
-    p.add_argument("--data", help="rows with domain, prompt and completion (.json/.jsonl/.parquet/.csv or a saved "
-                                  "dataset); default: the toy domains of mgs_tools.toy")
-    p.add_argument("--split", default="train")
-    p.add_argument("--domain-column", default="domain")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--completion-column", default="completion")
-    p.add_argument("--domains", help="comma-separated domains to measure (default: all in --data)")
-    p.add_argument("--max-rows", type=int, default=64, help="rows per domain (default: 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward/backward pass (default: 8)")
+    add_row_arguments(p, data_help="rows with domain, prompt and completion (.json/.jsonl/.parquet/.csv or a saved "
+                                   "dataset); default: the toy domains of mgs_tools.toy",
+                      split_help=None, weight_column=False,
+                      domains_help="comma-separated domains to measure (default: all in --data)",
+                      max_rows_help="rows per domain (default: 64)")
     p.add_argument("--eval", default="nll", choices=["nll", "toy"],
                    help="evaluation for the rollback: nll (each row's mean completion NLL) or toy (greedy "
                         "mgs_tools.toy.score); default: nll")
@@ -87,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--max-rows must be at least 2; got {args.max_rows}.")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from mgs_tools.diagnose.cli import load_rows
 
     hf_logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
