@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, TrainerCallback
 from trl import GRPOTrainer
 
 from mgs_tools.toy import char_tokenizer
@@ -200,3 +200,46 @@ def math_code_environment(records: list, num_generations: int = 2):
             return reward
 
     return MathCodeEnv
+
+
+class GradRecorder(TrainerCallback):
+    """Pre-optimizer-step gradients (max_grad_norm=0 disables clipping, so they are pre-clip)."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def train_recording(trainer_cls, config_cls, out, *, reward_funcs=None, **settings):
+    """Train the tiny model on :func:`dataset` with ``COMMON | settings``; return the trainer and its pre-clip gradients
+    at every optimizer step."""
+    args = config_cls(output_dir=str(out), **(COMMON | settings))
+    recorder = GradRecorder()
+    trainer = trainer_cls(model=tiny_model(), reward_funcs=reward_funcs or [reward], args=args, train_dataset=dataset(),
+                          processing_class=tiny_tokenizer(), callbacks=[recorder])
+    trainer.train()
+    return trainer, recorder.grads
+
+
+def assert_same_grads(grads: list[dict], reference: list[dict]) -> None:
+    """Step by step, every gradient equals the reference's (1e-5 relative); the reference is not zero."""
+    for step, (g, s) in enumerate(zip(grads, reference, strict=True)):
+        assert sum(float(v.norm()) for v in s.values()) > 0
+        for n in s:
+            torch.testing.assert_close(g[n], s[n], rtol=1e-5, atol=1e-7, msg=f"step {step} {n}")
+
+
+def launch_torchrun(worker, out, port: int, timeout: float = 300) -> None:
+    """Run ``worker`` under ``torch.distributed.run`` at 2 CPU processes (one thread each, ``OUT_DIR=out``); a failing
+    rank fails the test with the end of its output."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OUT_DIR=str(out), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(worker)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]

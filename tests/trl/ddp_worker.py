@@ -7,20 +7,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _tiny import COMMON, StubGRPOTrainer, dataset, make_stub_mgs_trainer_class, reward, tiny_model, tiny_tokenizer  # noqa: E402
-from test_trainer import GradRecorder  # noqa: E402
+from _tiny import StubGRPOTrainer, make_stub_mgs_trainer_class, train_recording  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from trl_mgs import MGSGRPOConfig  # noqa: E402
 
 
 def run(cls, config_cls, out, **kw):
-    args = config_cls(output_dir=out, **(COMMON | {"per_device_train_batch_size": 4, "max_steps": 2} | kw))
-    recorder = GradRecorder()
-    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
-                  processing_class=tiny_tokenizer(), callbacks=[recorder])
-    trainer.train()
-    return trainer, recorder.grads
+    return train_recording(cls, config_cls, out, **({"per_device_train_batch_size": 4, "max_steps": 2} | kw))
 
 
 out = os.environ["OUT_DIR"]

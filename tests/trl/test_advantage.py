@@ -11,20 +11,15 @@ pytest.importorskip("trl")
 
 import torch
 from _advantage_reference import ReferenceNormalizedGRPO, make_recording_mgs_class, reference_normalized
-from _tiny import COMMON, DOMAINS, dataset, reward, tiny_model, tiny_tokenizer
-from test_trainer import GradRecorder
+from _tiny import (COMMON, DOMAINS, assert_same_grads, dataset, launch_torchrun, tiny_model, tiny_tokenizer,
+                   train_recording)
 from trl import GRPOConfig
 
 from trl_mgs import MGSGRPOConfig, MGSGRPOTrainer
 
 
 def _train(cls, config_cls, out, steps, **kw):
-    args = config_cls(output_dir=str(out), max_steps=steps, **(COMMON | kw))
-    recorder = GradRecorder()
-    trainer = cls(model=tiny_model(), reward_funcs=[reward], args=args, train_dataset=dataset(),
-                  processing_class=tiny_tokenizer(), callbacks=[recorder])
-    trainer.train()
-    return trainer, recorder.grads
+    return train_recording(cls, config_cls, out, max_steps=steps, **kw)
 
 
 def _check_against_reference(raw, final):
@@ -56,10 +51,7 @@ def test_surgery_none_trains_like_stock_on_reference_advantages(tmp_path, scale_
     assert trainer.args.steps_per_generation == 2 and len(trainer.raw) == 3  # one generation per optimizer step
     _check_against_reference(trainer.raw, trainer.final)
     assert len(grads) == len(stock) == 3
-    for step, (g, s) in enumerate(zip(grads, stock)):
-        assert sum(float(v.norm()) for v in s.values()) > 0
-        for n in s:
-            torch.testing.assert_close(g[n], s[n], rtol=1e-5, atol=1e-7, msg=f"step {step} {n}")
+    assert_same_grads(grads, stock)
 
 
 def test_with_modular_surgery(tmp_path):
@@ -88,18 +80,9 @@ def test_needs_domains_and_a_bool(tmp_path):
 def test_two_processes(tmp_path):
     """2-process DDP: each rank's advantages equal the reference over both ranks' rows (a per-rank deviation differs),
     and surgery="none" + normalisation trains like stock GRPOTrainer on the reference's advantages."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    worker = Path(__file__).with_name("advantage_worker.py")
-    env = dict(os.environ, OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547", str(worker)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch_torchrun(Path(__file__).with_name("advantage_worker.py"), tmp_path, port=29547)
     r0, r1 = (torch.load(tmp_path / f"adv_rank{r}.pt") for r in (0, 1))
     local_differs = False
     for (a0, d0), (a1, d1), f0, f1 in zip(r0["raw"], r1["raw"], r0["final"], r1["final"], strict=True):
@@ -108,7 +91,4 @@ def test_two_processes(tmp_path):
         local = reference_normalized(a0.tolist(), d0)
         local_differs |= max(abs(x - y) for x, y in zip(local, expected[:len(local)])) > 1e-3
     assert local_differs, "one rank's rows give the same deviations as both ranks': the gather went untested"
-    for step, (g, s) in enumerate(zip(r0["grads"], r0["reference"], strict=True)):
-        assert sum(float(v.norm()) for v in s.values()) > 0
-        for n in s:
-            torch.testing.assert_close(g[n], s[n], rtol=1e-5, atol=1e-7, msg=f"step {step} {n}")
+    assert_same_grads(r0["grads"], r0["reference"])

@@ -10,8 +10,7 @@ pytest.importorskip("trl")
 
 import torch
 from _advantage_reference import make_recording_mgs_class, reference_normalized
-from _tiny import COMMON, DOMAINS, StubGRPOTrainer, dataset, make_stub_mgs_trainer_class, reward, tiny_model, tiny_tokenizer
-from test_trainer import GradRecorder
+from _tiny import DOMAINS, StubGRPOTrainer, assert_same_grads, make_stub_mgs_trainer_class, reward, train_recording
 from trl import GRPOConfig
 
 from trl_mgs import MGSGRPOConfig
@@ -41,12 +40,7 @@ def _domain_rewards(seen=None):
 
 
 def _train(cls, config_cls, out, steps, seen=None, **kw):
-    args = config_cls(output_dir=str(out), max_steps=steps, **(COMMON | GDPO | kw))
-    recorder = GradRecorder()
-    trainer = cls(model=tiny_model(), reward_funcs=_domain_rewards(seen), args=args, train_dataset=dataset(),
-                  processing_class=tiny_tokenizer(), callbacks=[recorder])
-    trainer.train()
-    return trainer, recorder.grads
+    return train_recording(cls, config_cls, out, reward_funcs=_domain_rewards(seen), max_steps=steps, **(GDPO | kw))
 
 
 def test_surgery_none_equals_stock_gdpo(tmp_path):
@@ -54,10 +48,7 @@ def test_surgery_none_equals_stock_gdpo(tmp_path):
     _, grads = _train(make_stub_mgs_trainer_class(), MGSGRPOConfig, tmp_path / "mgs", 3, surgery="none",
                       gradient_accumulation_steps=2)
     assert len(grads) == len(stock) == 3
-    for step, (g, s) in enumerate(zip(grads, stock)):
-        assert sum(float(v.norm()) for v in s.values()) > 0
-        for n in s:
-            torch.testing.assert_close(g[n], s[n], rtol=1e-5, atol=1e-7, msg=f"step {step} {n}")
+    assert_same_grads(grads, stock)
 
 
 def test_per_domain_metrics_and_normalized_advantage_under_gdpo(tmp_path):

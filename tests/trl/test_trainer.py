@@ -7,21 +7,11 @@ import pytest
 pytest.importorskip("trl")
 
 import torch
-from _tiny import COMMON, StubGRPOTrainer, dataset, make_stub_mgs_trainer_class, reward, tiny_model, tiny_tokenizer
-from transformers import TrainerCallback
+from _tiny import (COMMON, GradRecorder, StubGRPOTrainer, dataset, launch_torchrun, make_stub_mgs_trainer_class, reward,
+                   tiny_model, tiny_tokenizer)
 from trl import GRPOConfig
 
 from trl_mgs import MGSGRPOConfig
-
-
-class GradRecorder(TrainerCallback):
-    """Pre-optimizer-step gradients (max_grad_norm=0 disables clipping, so they are pre-clip)."""
-
-    def __init__(self):
-        self.grads = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
 def _train(trainer_cls, config_cls, tmp_path, steps, **overrides):
@@ -270,18 +260,9 @@ def test_fp16_grad_scaler_routes_every_backward(tmp_path):
 def test_ddp_two_processes(tmp_path):
     """2-process DDP (gloo): surgery="none" equals stock GRPOTrainer under DDP at every step; modular keeps the
     replicas identical (surgery runs on averaged per-domain gradients) and both ranks log the same stats."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    worker = Path(__file__).with_name("ddp_worker.py")
-    env = dict(os.environ, OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(worker)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch_torchrun(Path(__file__).with_name("ddp_worker.py"), tmp_path, port=29533)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for step, (g, s) in enumerate(zip(r0["none"], r0["stock"])):
         assert sum(float(v.norm()) for v in s.values()) > 0
