@@ -45,10 +45,9 @@ def _weighted_sum_(block: torch.Tensor, weights: torch.Tensor | None, scratch: t
         block[0].copy_(out)
 
 
-def span_weights(bucket: Bucket, span: Span, weights: torch.Tensor) -> torch.Tensor:
-    """``[units, K]`` weights of each unit of ``span`` from per-group ``weights`` ``[M, K]`` (M = 1: global),
-    in float32 (float64 for float64 buckets)."""
-    weights = weights.to(device=bucket.device, dtype=_compute_dtype(bucket.dtype))
+def span_weights(span: Span, weights: torch.Tensor) -> torch.Tensor:
+    """``[units, K]`` weights of each unit of ``span`` from per-group ``weights`` ``[M, K]`` (M = 1: global), already
+    on the bucket's device in its compute dtype."""
     if weights.shape[0] == 1:
         return weights.expand(span.groups.numel(), weights.shape[1])
     return weights.index_select(0, span.groups)
@@ -71,9 +70,11 @@ def combine_bucket(bucket: Bucket, weights: torch.Tensor | None, dp_process_grou
         if bucket.dtype not in (torch.float32, torch.float64):
             scratch = torch.empty(k, min(chunks, COMBINE_BLOCK) * CHUNK, dtype=torch.float32, device=bucket.device)
         spans = bucket.spans if weights is not None else [Span(0, chunks, CHUNK, bucket.spans[0].groups[:0])]
+        if weights is not None:  # float32 (float64 for float64 buckets), once for every span
+            weights = weights.to(device=bucket.device, dtype=_compute_dtype(bucket.dtype))
         for span in spans:
             x = data[:, span.start * CHUNK : span.stop * CHUNK].view(k, -1, span.unit)
-            w = None if weights is None else span_weights(bucket, span, weights)
+            w = None if weights is None else span_weights(span, weights)
             step = COMBINE_BLOCK * CHUNK // span.unit  # units per block: about 1M elements
             for start in range(0, x.shape[1], step):
                 block = x[:, start : start + step]

@@ -16,9 +16,9 @@ pytest.importorskip("trl")
 import torch
 import trl
 from _tiny import (
-    COMMON, ENV_DOMAINS, AddTool, GradRecorder, StubGRPOTrainer, StubToolGRPOTrainer, dataset, make_stub_mgs_trainer_class,
-    make_stub_tool_mgs_trainer_class, math_code_environment, reward, tiny_model, tiny_tokenizer, tool_model,
-    tool_tokenizer,
+    COMMON, ENV_DOMAINS, AddTool, GradRecorder, StubGRPOTrainer, StubToolGRPOTrainer, dataset,
+    make_stub_mgs_trainer_class, make_stub_tool_mgs_trainer_class, math_code_environment, reward, tiny_model,
+    tiny_tokenizer, tool_model, tool_tokenizer,
 )
 from datasets import Dataset
 from transformers import TrainingArguments
